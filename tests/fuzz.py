@@ -1,0 +1,1019 @@
+#!/usr/bin/env python3
+"""Mutation fuzzer for vma-tool.
+
+Starts from tiny valid fixture archives (tests/vmafixture.py), mutates them (bit flips and byte sets in the
+main header and in extent headers/blockinfo, semantic slot edits, truncations, splices of two archives,
+duplicated/dropped/reordered extents, trailing garbage, payload flips) and runs vma-tool on every case in a
+subprocess with a timeout.
+
+Invariants checked for every command run:
+  * no hang (timeout), no Python traceback, no "Exception ignored" noise;
+  * exit 0, or a clean error: exit status 1/2/3 and `vma-tool: error:` lines (exactly one, verify: >= 1);
+  * nothing written outside the destination; no temporary file left behind (TMPDIR and working dirs);
+  * the input file is never modified (except by a successful in-place optimize);
+  * the strict oracle vmafixture.restore() decides validity:
+      - verify/optimize/unpack/cat exiting 0 on an input the oracle rejects is a failure,
+      - a successful optimize must produce an archive whose restore() equals restore(input),
+      - a successful unpack must produce exactly the oracle's configs and disk images,
+      - a failed in-place optimize must leave the input byte-identical;
+    the tool rejecting an input the oracle accepts is only reported as a note (the tool may be stricter,
+    e.g. on reserved fields) unless --strict-oracle is given.
+
+Usage: python3 tests/fuzz.py --cases N --seed S [--jobs J] [--save-dir DIR] [--timeout T] [--case I]
+Every failure is printed as `FAIL seed=S case=I: ...` and the input is saved to DIR/seed-S-case-I.vma
+(with a .txt beside it).  `--case I` re-runs one case.
+"""
+import argparse
+import concurrent.futures
+import hashlib
+import json
+import os
+import random
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+FIXED = 12288
+EXT_HDR = 512
+BLOCK = 4096
+CLUSTER = 65536
+EXT_FMT = ">4sHH16s16s59Q"
+CANON_UUID = bytes.fromhex("12345678aabbccddeeffaabbccddeeff")
+
+
+def tool_path():
+    try:
+        import support
+        return support.TOOL
+    except Exception:  # support.py not there yet
+        return os.environ.get("VMA_TOOL") or os.path.join(os.path.dirname(HERE), "vma-tool")
+
+
+def tool_argv():
+    """How the tests start vma-tool: the current interpreter with -S (the tool is stdlib-only; skipping
+    site-packages keeps the ~500 short runs of the hostile/fuzz tests fast and proves no third-party import)."""
+    return [sys.executable, "-S", tool_path()]
+
+
+# --------------------------------------------------------------------------------------------------------
+# A tiny independent codec (enough to target corruptions precisely; never imports vma-tool)
+# --------------------------------------------------------------------------------------------------------
+
+def md5(b):
+    try:
+        return hashlib.md5(b, usedforsecurity=False).digest()
+    except TypeError:  # pragma: no cover
+        return hashlib.md5(b).digest()
+
+
+def u32(b, off):
+    return struct.unpack_from(">I", b, off)[0]
+
+
+def put_u32(buf, off, v):
+    struct.pack_into(">I", buf, off, v & 0xFFFFFFFF)
+
+
+def header_size_of(b):
+    if len(b) < 60:
+        return None
+    return u32(b, 56)
+
+
+def fix_header_md5(buf):
+    """Recompute the main header md5 in place; False if header_size does not fit the buffer."""
+    hs = header_size_of(buf)
+    if hs is None or hs < 48 or hs > len(buf):
+        return False
+    h = bytearray(buf[:hs])
+    h[32:48] = bytes(16)
+    buf[32:48] = md5(bytes(h))
+    return True
+
+
+def fix_extent_md5(buf, off):
+    h = bytearray(buf[off:off + EXT_HDR])
+    if len(h) < EXT_HDR:
+        return False
+    h[24:40] = bytes(16)
+    buf[off + 24:off + 40] = md5(bytes(h))
+    return True
+
+
+def popcount(x):
+    return bin(x).count("1")
+
+
+class Ext(object):
+    __slots__ = ("offset", "block_count", "uuid", "magic", "reserved", "slots", "end")
+
+    def __init__(self, offset, magic, reserved, block_count, uuid, slots):
+        self.offset = offset
+        self.magic = magic
+        self.reserved = reserved
+        self.block_count = block_count
+        self.uuid = uuid
+        self.slots = slots  # 59 tuples (mask, reserved_byte, dev_id, cluster)
+        self.end = offset + EXT_HDR + BLOCK * block_count
+
+    def used(self):
+        return [(i, s) for i, s in enumerate(self.slots) if s[2] != 0]
+
+
+def parse_extent(b, off):
+    if off + EXT_HDR > len(b):
+        return None
+    f = struct.unpack_from(EXT_FMT, b, off)
+    slots = []
+    for v in f[5:]:
+        slots.append(((v >> 48) & 0xFFFF, (v >> 40) & 0xFF, (v >> 32) & 0xFF, v & 0xFFFFFFFF))
+    return Ext(off, f[0], f[1], f[2], f[3], slots)
+
+
+def walk_extents(b, start=None):
+    """Extents of a (mostly) well-formed archive; stops at the first malformed/truncated one."""
+    if start is None:
+        start = header_size_of(b)
+        if start is None:
+            return []
+    out = []
+    off = start
+    while off + EXT_HDR <= len(b):
+        e = parse_extent(b, off)
+        if e.magic != b"VMAE" or e.end > len(b):
+            break
+        out.append(e)
+        off = e.end
+    return out
+
+
+def decode_entries(b, e):
+    """[[mask, res, dev, cluster, [blocks...]], ...] for the used slots of extent e (None if inconsistent)."""
+    pos = e.offset + EXT_HDR
+    ents = []
+    for mask, res, dev, cl in e.slots:
+        if dev == 0:
+            continue
+        blocks = []
+        for i in range(16):
+            if mask & (1 << i):
+                if pos + BLOCK > e.end:
+                    return None
+                blocks.append(bytes(b[pos:pos + BLOCK]))
+                pos += BLOCK
+        ents.append([mask, res, dev, cl, blocks])
+    if pos != e.end:
+        return None
+    return ents
+
+
+def encode_extent(uuid, entries, block_count=None, magic=b"VMAE", reserved=0, fix_md5=True):
+    """entries: [mask, res, dev, cluster, [blocks]] (dev 0 = empty slot). At most 59 entries."""
+    assert len(entries) <= 59
+    vals = []
+    data = bytearray()
+    n = 0
+    for mask, res, dev, cl, blocks in entries:
+        vals.append(((mask & 0xFFFF) << 48) | ((res & 0xFF) << 40) | ((dev & 0xFF) << 32) | (cl & 0xFFFFFFFF))
+        if dev:
+            for blk in blocks:
+                data += blk
+            n += len(blocks)
+    vals += [0] * (59 - len(vals))
+    if block_count is None:
+        block_count = n
+    hdr = bytearray(struct.pack(EXT_FMT, magic, reserved, block_count & 0xFFFF, uuid, bytes(16), *vals))
+    if fix_md5:
+        fix_extent_md5(hdr, 0)
+    return bytes(hdr) + bytes(data)
+
+
+def blob_chain(b):
+    """{rel_offset: (length, payload)} walking the blob chain like Proxmox's reader."""
+    out = {}
+    if len(b) < 60:
+        return out
+    boff, bsize, hs = u32(b, 48), u32(b, 52), u32(b, 56)
+    end = min(boff + bsize, len(b), hs)
+    pos = 1
+    while boff + pos + 2 <= end:
+        ln = b[boff + pos] | (b[boff + pos + 1] << 8)
+        if boff + pos + 2 + ln > end:
+            break
+        out[pos] = (ln, bytes(b[boff + pos + 2:boff + pos + 2 + ln]))
+        pos += 2 + ln
+    return out
+
+
+def header_devices(b):
+    """{dev_id: (name_bytes_or_None, size)} from dev_info slots 1..255 with size != 0."""
+    chain = blob_chain(b)
+    out = {}
+    if len(b) < FIXED:
+        return out
+    for i in range(1, 256):
+        o = 4096 + 32 * i
+        ptr = u32(b, o)
+        size = struct.unpack_from(">Q", b, o + 8)[0]
+        if size == 0:
+            continue
+        name = None
+        if ptr in chain and chain[ptr][1].endswith(b"\0"):
+            name = chain[ptr][1][:-1]
+        out[i] = (name, size)
+    return out
+
+
+def build_header(uuid, ctime, configs, devices, blob_size_padded=False):
+    """configs: [(name_bytes, data_bytes)], devices: {dev_id: (name_bytes, size)} -> header bytes (md5 ok).
+    Names get a terminating NUL; name bytes are used verbatim (hostile names welcome)."""
+    blobs = bytearray(b"\0")
+    hdr = bytearray(FIXED)
+
+    def add(payload):
+        off = len(blobs)
+        blobs.extend(struct.pack("<H", len(payload)))
+        blobs.extend(payload)
+        return off
+
+    for i, (name, data) in enumerate(configs):
+        put_u32(hdr, 2044 + 4 * i, add(name + b"\0"))
+        put_u32(hdr, 3068 + 4 * i, add(data))
+    for dev_id in sorted(devices):
+        name, size = devices[dev_id]
+        o = 4096 + 32 * dev_id
+        put_u32(hdr, o, add(name + b"\0"))
+        struct.pack_into(">Q", hdr, o + 8, size)
+    used = len(blobs)
+    cap = max(512, (used + 511) // 512 * 512)
+    hdr[0:4] = b"VMA\0"
+    put_u32(hdr, 4, 1)
+    hdr[8:24] = uuid
+    struct.pack_into(">q", hdr, 24, ctime)
+    put_u32(hdr, 48, FIXED)
+    put_u32(hdr, 52, cap if blob_size_padded else used)
+    put_u32(hdr, 56, FIXED + cap)
+    out = hdr + blobs + bytes(cap - used)
+    fix_header_md5(out)
+    return bytes(out)
+
+
+def config_slots(b):
+    """[(slot, name_ptr, data_ptr)] of used config slots."""
+    out = []
+    for i in range(256):
+        n, d = u32(b, 2044 + 4 * i), u32(b, 3068 + 4 * i)
+        if n or d:
+            out.append((i, n, d))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Corpus
+# --------------------------------------------------------------------------------------------------------
+
+FUZZ_DEVICES = [("drive-scsi0", 3 * CLUSTER + BLOCK), ("drive-scsi1", 2 * CLUSTER), ("drive-virtio0", 70144)]
+
+
+def build_corpus():
+    """A few tiny valid archives (a few hundred KiB in all). Deterministic."""
+    import vmafixture as vf
+    vm = vf.make_vm(4242, devices=list(FUZZ_DEVICES))
+    a = vf.write_archive(vm, None, seed=1, order="proxmox", per_extent=5)
+    uuid_a = bytes(a[8:24])
+    b = vf.write_archive(vm, None, seed=2, order="random", per_extent="random", empty_extents=True,
+                         stored_zero_blocks=True, tail_garbage=True)
+    c = vf.write_archive(vm, None, seed=3, order="sequential", per_extent=59, uuid=CANON_UUID)
+    vm2 = vf.mutate_vm(vm, 77, fraction=0.05)
+    d = vf.write_archive(vm2, None, seed=4, order="sequential", per_extent=3, uuid=uuid_a)
+    vm3 = vf.make_vm(99, devices=[])
+    e = vf.write_archive(vm3, None, seed=5)
+    return {"proxmox": bytes(a), "random": bytes(b), "canonical-ish": bytes(c), "same-uuid-mutated": bytes(d),
+            "diskless": bytes(e)}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Mutators: each takes (rng, data: bytearray, corpus) and returns a description (mutating data in place)
+# --------------------------------------------------------------------------------------------------------
+
+INTERESTING32 = [0, 1, 2, 0x7F, 0x80, 0xFF, 0x100, 511, 512, 4095, 4096, 12287, 12288, 12289, 65535, 65536,
+                 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF]
+
+
+def _hdr_fields(b):
+    """(offset, width, name) of interesting header fields for this archive."""
+    f = [(4, 4, "version"), (48, 4, "blob_buffer_offset"), (52, 4, "blob_buffer_size"), (56, 4, "header_size"),
+         (60, 4, "reserved@60"), (2040, 4, "reserved@2040"), (4092, 4, "reserved@4092")]
+    for i, n, d in config_slots(b)[:4]:
+        f.append((2044 + 4 * i, 4, "config_name[%d]" % i))
+        f.append((3068 + 4 * i, 4, "config_data[%d]" % i))
+    f.append((2044 + 4 * 7, 4, "config_name[7](unused)"))
+    for dev_id in list(header_devices(b))[:4]:
+        o = 4096 + 32 * dev_id
+        f += [(o, 4, "dev%d.name_ptr" % dev_id), (o + 4, 4, "dev%d.reserved" % dev_id),
+              (o + 8, 8, "dev%d.size" % dev_id), (o + 16, 8, "dev%d.reserved2" % dev_id)]
+    f += [(4096 + 32 * 9, 4, "dev9.name_ptr(unused)"), (4096 + 32 * 9 + 8, 8, "dev9.size(unused)"),
+          (4096 + 32 * 255 + 8, 8, "dev255.size")]
+    return f
+
+
+def m_header_bitflip(rng, data, corpus):
+    hs = min(header_size_of(data) or FIXED, len(data))
+    r = rng.random()
+    if r < 0.4:
+        off = rng.randrange(0, min(64, hs))
+    elif r < 0.7:
+        fo, w, _ = rng.choice(_hdr_fields(data))
+        off = fo + rng.randrange(w)
+    else:
+        off = rng.randrange(FIXED, hs) if hs > FIXED else rng.randrange(0, hs)
+    bit = rng.randrange(8)
+    data[off] ^= 1 << bit
+    fixed = off not in range(32, 48) and rng.random() < 0.75 and fix_header_md5(data)
+    return "header bitflip @%d bit %d%s" % (off, bit, " (md5 fixed)" if fixed else "")
+
+
+def m_header_byteset(rng, data, corpus):
+    hs = min(header_size_of(data) or FIXED, len(data))
+    off = rng.randrange(FIXED, hs) if (hs > FIXED and rng.random() < 0.5) else rng.randrange(0, min(hs, FIXED))
+    val = rng.choice([0, 0xFF, 0x2F, 0x2E, 0x80, rng.randrange(256)])
+    data[off] = val
+    fixed = rng.random() < 0.8 and fix_header_md5(data)
+    return "header byte @%d = %#x%s" % (off, val, " (md5 fixed)" if fixed else "")
+
+
+def m_header_field(rng, data, corpus):
+    off, w, name = rng.choice(_hdr_fields(data))
+    old = int.from_bytes(bytes(data[off:off + w]), "big")
+    cands = INTERESTING32 + [old + 1, old - 1, old + 2, old + 512, old ^ 1]
+    if w == 8:
+        cands += [1 << 48, (1 << 48) - CLUSTER, 1 << 63, (1 << 64) - 1, old * 2, old // 2, 511, 513]
+    val = rng.choice(cands) % (1 << (8 * w))
+    data[off:off + w] = val.to_bytes(w, "big")
+    fixed = rng.random() < 0.9 and fix_header_md5(data)
+    return "header field %s %d -> %d%s" % (name, old, val, " (md5 fixed)" if fixed else "")
+
+
+def _pick_extent(rng, data):
+    ex = walk_extents(data)
+    return rng.choice(ex) if ex else None
+
+
+def m_extent_bitflip(rng, data, corpus):
+    e = _pick_extent(rng, data)
+    if e is None:
+        return m_header_bitflip(rng, data, corpus)
+    r = rng.random()
+    if r < 0.3:
+        rel = rng.randrange(0, 8)
+    elif r < 0.45:
+        rel = rng.randrange(8, 24)
+    else:
+        nused = max(1, len(e.used()))
+        rel = 40 + 8 * rng.randrange(min(59, nused + 1)) + rng.randrange(8)
+    bit = rng.randrange(8)
+    data[e.offset + rel] ^= 1 << bit
+    fixed = rng.random() < 0.85 and fix_extent_md5(data, e.offset)
+    return "extent@%d bitflip rel %d bit %d%s" % (e.offset, rel, bit, " (md5 fixed)" if fixed else "")
+
+
+def m_extent_field(rng, data, corpus):
+    e = _pick_extent(rng, data)
+    if e is None:
+        return m_header_field(rng, data, corpus)
+    choice = rng.randrange(4)
+    if choice == 0:
+        val = rng.choice([0, 1, e.block_count + 1, max(0, e.block_count - 1), 944, 945, 0xFFFF])
+        struct.pack_into(">H", data, e.offset + 6, val)
+        what = "block_count %d -> %d" % (e.block_count, val)
+    elif choice == 1:
+        val = rng.choice([1, 0x100, 0xFFFF])
+        struct.pack_into(">H", data, e.offset + 4, val)
+        what = "reserved1 -> %d" % val
+    elif choice == 2:
+        data[e.offset:e.offset + 4] = rng.choice([b"VMA\0", b"VMAF", b"\0\0\0\0"])
+        what = "magic"
+    else:
+        data[e.offset + 8 + rng.randrange(16)] ^= 0x40
+        what = "uuid"
+    fix_extent_md5(data, e.offset)
+    return "extent@%d %s (md5 fixed)" % (e.offset, what)
+
+
+def _rewrite_entries(data, e, entries, block_count=None):
+    new = encode_extent(bytes(data[e.offset + 8:e.offset + 24]), entries, block_count=block_count)
+    data[e.offset:e.end] = new
+
+
+def m_slot_semantic(rng, data, corpus):
+    """Consistently re-encoded extent with one slot edited: dev/cluster/mask changes, duplicates, removals."""
+    ex = [e for e in walk_extents(data) if e.used()]
+    if not ex:
+        return m_extent_bitflip(rng, data, corpus)
+    e = rng.choice(ex)
+    ents = decode_entries(data, e)
+    if not ents:
+        return m_extent_bitflip(rng, data, corpus)
+    k = rng.randrange(len(ents))
+    devs = header_devices(data)
+    op = rng.randrange(9)
+    ent = ents[k]
+    if op == 0:
+        ent[2] = rng.choice([0, 3, 4, 9, 254, 255] + list(devs))
+        what = "dev -> %d" % ent[2]
+    elif op == 1:
+        size = devs.get(ent[2], (None, 0))[1]
+        ncl = (size + CLUSTER - 1) // CLUSTER
+        ent[3] = rng.choice([ncl, ncl - 1, ncl + 1, 63, 64, 0xFFFF, 0xFFFFFFFF, 0, ent[3] + 1])
+        ent[3] &= 0xFFFFFFFF
+        what = "cluster -> %d" % ent[3]
+    elif op == 2:
+        bit = rng.randrange(16)
+        if ent[0] & (1 << bit):
+            idx = popcount(ent[0] & ((1 << bit) - 1))
+            del ent[4][idx]
+            what = "mask drop bit %d" % bit
+        else:
+            idx = popcount(ent[0] & ((1 << bit) - 1))
+            ent[4].insert(idx, bytes(rng.getrandbits(8) for _ in range(16)) * 256)
+            what = "mask add bit %d" % bit
+        ent[0] ^= 1 << bit
+    elif op == 3:
+        if len(ents) < 59:
+            ents.insert(rng.randrange(len(ents) + 1), [ent[0], ent[1], ent[2], ent[3], list(ent[4])])
+            what = "duplicate slot"
+        else:
+            del ents[k]
+            what = "remove slot"
+    elif op == 4:
+        del ents[k]
+        what = "remove slot"
+    elif op == 5:
+        ent[1] = rng.choice([1, 0x80, 0xFF])
+        what = "blockinfo reserved byte -> %d" % ent[1]
+    elif op == 6:
+        # all-zero stored block (legal, non-canonical)
+        bit = rng.randrange(16)
+        if not ent[0] & (1 << bit):
+            idx = popcount(ent[0] & ((1 << bit) - 1))
+            ent[4].insert(idx, bytes(BLOCK))
+            ent[0] |= 1 << bit
+        what = "stored zero block bit %d" % bit
+    elif op == 7:
+        if len(ents) < 59:
+            ents.insert(rng.randrange(len(ents) + 1), [0, 0, 0, 0, []])
+        what = "empty slot inserted"
+    else:
+        j = rng.randrange(len(ents))
+        ents[k], ents[j] = ents[j], ents[k]
+        what = "swap slots %d,%d" % (k, j)
+    bc = None
+    if rng.random() < 0.1:
+        bc = sum(len(x[4]) for x in ents if x[2]) + rng.choice([-1, 1])
+        bc = max(0, bc)
+    _rewrite_entries(data, e, ents, block_count=bc)
+    return "extent@%d slot %d: %s%s" % (e.offset, k, what, "" if bc is None else " (block_count %d)" % bc)
+
+
+def m_data_flip(rng, data, corpus):
+    ex = [e for e in walk_extents(data) if e.block_count]
+    if not ex:
+        return m_truncate(rng, data, corpus)
+    e = rng.choice(ex)
+    off = rng.randrange(e.offset + EXT_HDR, e.end)
+    data[off] ^= 1 << rng.randrange(8)
+    return "payload bitflip @%d" % off
+
+
+def m_truncate(rng, data, corpus):
+    hs = header_size_of(data) or FIXED
+    bounds = [0, 4, FIXED, hs] + [e.offset for e in walk_extents(data)] + [e.offset + EXT_HDR for e in walk_extents(data)]
+    if rng.random() < 0.5:
+        cut = rng.choice(bounds) + rng.choice([0, 0, -1, 1, 100, -100, 4096])
+    else:
+        cut = rng.randrange(len(data) + 1)
+    cut = max(0, min(len(data), cut))
+    del data[cut:]
+    return "truncate at %d" % cut
+
+
+def m_append(rng, data, corpus):
+    kind = rng.randrange(5)
+    ex = walk_extents(data)
+    if kind == 0:
+        n = rng.choice([1, 100, 511, 512, 4096])
+        data += bytes(n)
+        return "append %d zero bytes" % n
+    if kind == 1:
+        n = rng.choice([1, 7, 512, 513, 5000])
+        data += bytes(rng.getrandbits(8) for _ in range(n))
+        return "append %d random bytes" % n
+    if kind == 2 and ex:
+        data += encode_extent(bytes(data[8:24]), [])
+        return "append empty extent"
+    if kind == 3 and ex:
+        e = rng.choice(ex)
+        data += data[e.offset:e.end]
+        return "append copy of extent@%d" % e.offset
+    data += data[:rng.choice([512, FIXED])]
+    return "append copy of header start"
+
+
+def m_splice(rng, data, corpus):
+    other_name = rng.choice(sorted(corpus))
+    other = corpus[other_name]
+    if rng.random() < 0.6:
+        ea = walk_extents(data)
+        eb = walk_extents(other)
+        ca = rng.choice([e.offset for e in ea] + [len(data)]) if ea else len(data)
+        cb = rng.choice([e.offset for e in eb] + [len(other)]) if eb else len(other)
+    else:
+        ca = rng.randrange(len(data) + 1)
+        cb = rng.randrange(len(other) + 1)
+    data[ca:] = other[cb:]
+    return "splice: prefix[:%d] + %s[%d:]" % (ca, other_name, cb)
+
+
+def m_extent_ops(rng, data, corpus):
+    ex = walk_extents(data)
+    if len(ex) < 1:
+        return m_append(rng, data, corpus)
+    hs = ex[0].offset
+    chunks = [bytes(data[e.offset:e.end]) for e in ex]
+    tail = bytes(data[ex[-1].end:])
+    op = rng.randrange(5)
+    if op == 0:
+        i = rng.randrange(len(chunks))
+        chunks.insert(rng.randrange(len(chunks) + 1), chunks[i])
+        what = "duplicate extent %d" % i
+    elif op == 1:
+        i = rng.randrange(len(chunks))
+        del chunks[i]
+        what = "drop extent %d" % i
+    elif op == 2:
+        rng.shuffle(chunks)
+        what = "shuffle extents (valid)"
+    elif op == 3:
+        i = rng.randrange(len(chunks) + 1)
+        chunks.insert(i, encode_extent(bytes(data[8:24]), []))
+        what = "insert empty extent at %d (valid)" % i
+    else:
+        i = rng.randrange(len(chunks))
+        j = rng.randrange(len(chunks))
+        chunks[i], chunks[j] = chunks[j], chunks[i]
+        what = "swap extents %d,%d (valid)" % (i, j)
+    data[hs:] = b"".join(chunks) + tail
+    return what
+
+
+MUTATORS = [(m_header_bitflip, 3), (m_header_byteset, 2), (m_header_field, 4), (m_extent_bitflip, 3),
+            (m_extent_field, 3), (m_slot_semantic, 6), (m_data_flip, 2), (m_truncate, 3), (m_append, 2),
+            (m_splice, 3), (m_extent_ops, 3)]
+
+
+def m_compress(rng, data, corpus):
+    """Wrap the whole archive in gzip or bzip2 (every command detects compression by magic); sometimes cut
+    or corrupt the compressed stream."""
+    import bz2
+    import gzip
+    kind = rng.choice(["gzip", "bzip2"])
+    comp = bytearray(gzip.compress(bytes(data), 6, mtime=0) if kind == "gzip" else bz2.compress(bytes(data), 9))
+    r = rng.random()
+    what = "%s-compressed" % kind
+    if r < 0.25:
+        cut = rng.randrange(2, len(comp))
+        del comp[cut:]
+        what += ", stream cut at %d" % cut
+    elif r < 0.5:
+        off = rng.randrange(10, len(comp))
+        comp[off] ^= 1 << rng.randrange(8)
+        what += ", stream byte %d flipped" % off
+    data[:] = comp
+    return what
+
+
+def decompress_limited(data, limit):
+    """Decompress gzip/bzip2 input (None if not compressed); raises ValueError for a broken stream or one
+    larger than limit."""
+    import bz2
+    import zlib
+    if data[:2] == b"\x1f\x8b":
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif data[:3] == b"BZh":
+        d = bz2.BZ2Decompressor()
+    else:
+        return None
+    try:
+        if isinstance(d, bz2.BZ2Decompressor):
+            out = d.decompress(data, max_length=limit + 1)
+            complete = d.eof
+        else:
+            out = d.decompress(data, limit + 1)
+            complete = d.eof
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ValueError("bad compressed stream: %s" % exc)
+    if len(out) > limit:
+        raise OverflowError("decompressed data too large for the oracle")
+    if not complete:
+        raise ValueError("compressed stream is truncated")
+    return out
+
+
+def make_case(seed, case, corpus):
+    """Deterministic (description, bytes) for one case id."""
+    rng = random.Random("vma-fuzz:%s:%s" % (seed, case))
+    base = rng.choice(sorted(corpus))
+    data = bytearray(corpus[base])
+    descs = ["base=%s" % base]
+    n = rng.choice([1, 1, 1, 2, 2, 3])
+    funcs = [f for f, w in MUTATORS for _ in range(w)]
+    for _ in range(n):
+        f = rng.choice(funcs)
+        try:
+            descs.append(f(rng, data, corpus))
+        except (IndexError, ValueError, struct.error, AssertionError) as exc:
+            descs.append("%s skipped (%s)" % (f.__name__, exc))
+    if rng.random() < 0.08:
+        descs.append(m_compress(rng, data, corpus))
+    return "; ".join(descs), bytes(data)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Oracle helpers
+# --------------------------------------------------------------------------------------------------------
+
+ORACLE_LIMIT = 64 << 20  # never let the in-process oracle allocate more than this for disks
+
+
+def oracle(data_or_path):
+    """('ok', (configs, disks)) | ('invalid', reason) | ('unknown', reason)."""
+    import vmafixture as vf
+    if isinstance(data_or_path, (bytes, bytearray)):
+        head = bytes(data_or_path[:600000])
+    else:
+        with open(data_or_path, "rb") as f:
+            head = f.read(600000)
+    if head[:2] == b"\x1f\x8b" or head[:3] == b"BZh":
+        if not isinstance(data_or_path, (bytes, bytearray)):
+            with open(data_or_path, "rb") as f:
+                data_or_path = f.read()
+        try:
+            data_or_path = decompress_limited(bytes(data_or_path), 4 * ORACLE_LIMIT)
+        except ValueError as exc:
+            return ("invalid", str(exc))
+        except OverflowError as exc:
+            return ("unknown", str(exc))
+        head = data_or_path[:600000]
+    try:
+        devs = header_devices(head)
+    except Exception:
+        devs = {}
+    if sum(s for _, s in devs.values()) > ORACLE_LIMIT:
+        return ("unknown", "device sizes too large for the in-process oracle")
+    try:
+        res = vf.restore(bytes(data_or_path) if isinstance(data_or_path, bytearray) else data_or_path)
+    except ValueError as exc:
+        return ("invalid", str(exc))
+    except MemoryError:
+        return ("unknown", "oracle MemoryError")
+    except Exception as exc:  # oracle bug: treat as invalid but flag it
+        return ("invalid", "ORACLE-CRASH %s: %s" % (type(exc).__name__, exc))
+    return ("ok", res)
+
+
+def same_content(a, b):
+    ca, da = a
+    cb, db = b
+    return [(n, bytes(d)) for n, d in ca] == [(n, bytes(d)) for n, d in cb] and \
+        {k: bytes(v) for k, v in da.items()} == {k: bytes(v) for k, v in db.items()}
+
+
+def describe_diff(a, b):
+    ca, da = a
+    cb, db = b
+    out = []
+    if [n for n, _ in ca] != [n for n, _ in cb]:
+        out.append("config names %r != %r" % ([n for n, _ in ca], [n for n, _ in cb]))
+    else:
+        for (n, x), (_, y) in zip(ca, cb):
+            if bytes(x) != bytes(y):
+                out.append("config %r differs" % n)
+    if sorted(da) != sorted(db):
+        out.append("devices %r != %r" % (sorted(da), sorted(db)))
+    else:
+        for k in sorted(da):
+            x, y = bytes(da[k]), bytes(db[k])
+            if x != y:
+                if len(x) != len(y):
+                    out.append("disk %r size %d != %d" % (k, len(x), len(y)))
+                else:
+                    first = next(i for i in range(len(x)) if x[i] != y[i])
+                    out.append("disk %r differs first at byte %d" % (k, first))
+    return "; ".join(out) or "?"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Running the tool and checking clean behaviour
+# --------------------------------------------------------------------------------------------------------
+
+ERROR_PREFIX = "vma-tool: error:"
+
+
+def child_preexec():
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def run(args, cwd, tmpdir, timeout, stdin=None):
+    env = dict(os.environ)
+    env["TMPDIR"] = tmpdir
+    env.pop("PYTHONWARNINGS", None)
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(tool_argv() + list(args), cwd=cwd, env=env, stdin=stdin or subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout, preexec_fn=child_preexec)
+        return p.returncode, p.stdout, p.stderr, time.monotonic() - t0, False
+    except subprocess.TimeoutExpired as exc:
+        return None, exc.stdout or b"", exc.stderr or b"", time.monotonic() - t0, True
+
+
+def error_lines(stderr_text):
+    return [l for l in stderr_text.splitlines() if l.startswith(ERROR_PREFIX)]
+
+
+def clean_problems(cmd, rc, stderr, timed_out, allow_many=False):
+    """Problems with the *form* of a result (independent of whether failing was right)."""
+    text = stderr.decode("utf-8", "replace")
+    probs = []
+    if timed_out:
+        return ["%s: hang (timeout)" % cmd]
+    if "Traceback" in text:
+        probs.append("%s: traceback: %s" % (cmd, text[-600:]))
+    if "Exception ignored" in text:
+        probs.append("%s: 'Exception ignored' noise on stderr" % cmd)
+    if rc != 0:
+        if rc not in (1, 2, 3):
+            probs.append("%s: exit status %r not in 1/2/3" % (cmd, rc))
+        n = len(error_lines(text))
+        if n == 0 or (n > 1 and not allow_many):
+            probs.append("%s: %d '%s' lines (want %s): %r" % (cmd, n, ERROR_PREFIX, "1" if not allow_many else ">=1", text[-600:]))
+    return probs
+
+
+def snapshot(root):
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            p = os.path.join(dirpath, n)
+            rel = os.path.relpath(p, root)
+            try:
+                st = os.lstat(p)
+            except OSError:
+                continue
+            out[rel] = ("d" if os.path.isdir(p) and not os.path.islink(p) else "f", st.st_size)
+    return out
+
+
+def sha(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def unpack_expected(cfgs, disks):
+    exp = {}
+    for n, d in cfgs:
+        exp[n] = bytes(d)
+    for n, d in disks.items():
+        exp["vmstate.bin" if n == "vmstate" else "disk-%s.raw" % n] = bytes(d)
+    return exp
+
+
+def safe_names(cfgs, disks):
+    names = [n for n, _ in cfgs] + ["disk-%s.raw" % n for n in disks]
+    for n in names:
+        if not n or "/" in n or "\0" in n or n in (".", "..") or len(n.encode("utf-8", "surrogateescape")) > 255:
+            return False
+    return len(set(names)) == len(names)
+
+
+def check_case(data, workdir, commands, timeout=20, strict_oracle=False, orc=None):
+    """Run the given commands on one input; returns (failures, notes)."""
+    fails, notes = [], []
+    if orc is None:
+        orc = oracle(data)
+    status = orc[0]
+    src_dir = os.path.join(workdir, "src")
+    os.makedirs(src_dir)
+    src = os.path.join(src_dir, "in.vma")
+    with open(src, "wb") as f:
+        f.write(data)
+    src_sha = hashlib.sha256(data).hexdigest()
+    if data[:2] == b"\x1f\x8b" or data[:3] == b"BZh":
+        commands = [c for c in commands if c != "inplace"]   # in-place output would be compressed again
+    for cmd in commands:
+        job = os.path.join(workdir, cmd)
+        dest = os.path.join(job, "dest")
+        cwd = os.path.join(job, "cwd")
+        tmp = os.path.join(job, "tmp")
+        for d in (dest, cwd, tmp):
+            os.makedirs(d)
+        target = None
+        allow = set()
+        if cmd == "verify":
+            args = ["verify", src]
+        elif cmd == "info":
+            args = ["info", "--json", src]
+        elif cmd == "optimize":
+            target = os.path.join(dest, "out.vma")
+            args = ["optimize", src, target]
+            allow = {"dest/out.vma"}
+        elif cmd == "inplace":
+            target = os.path.join(dest, "inplace.vma")
+            with open(target, "wb") as f:
+                f.write(data)
+            args = ["optimize", target]
+        elif cmd == "unpack":
+            target = os.path.join(dest, "out")
+            args = ["unpack", src, target]
+        elif cmd == "cat":
+            devs = header_devices(data)
+            names = [n for n, _ in devs.values() if n]
+            if not names:
+                continue
+            args = ["cat", src, names[0].decode("utf-8", "surrogateescape")]
+        else:
+            raise ValueError(cmd)
+        before = snapshot(job)
+        rc, out, err, dt, to = run(args, cwd=cwd, tmpdir=tmp, timeout=timeout)
+        after = snapshot(job)
+        fails += clean_problems(cmd, rc, err, to, allow_many=(cmd == "verify"))
+        if to:
+            continue
+        if sha(src) != src_sha:
+            fails.append("%s: modified its input file" % cmd)
+        # writes outside the destination / leftovers
+        new = set(after) - set(before)
+        if cmd == "unpack":
+            stray = [p for p in new if not (p == "dest/out" or p.startswith("dest/out/"))]
+        elif cmd == "inplace":
+            stray = list(new)
+        else:
+            stray = [p for p in new if p not in allow]
+        if stray:
+            fails.append("%s: files outside the destination or leftovers: %s" % (cmd, sorted(stray)[:8]))
+        if rc != 0:
+            if cmd == "optimize" and os.path.exists(target):
+                fails.append("optimize: failed (rc %d) but left %s" % (rc, target))
+            if cmd == "inplace" and sha(target) != src_sha:
+                fails.append("inplace: failed (rc %d) but changed the original" % rc)
+            if cmd == "unpack" and os.path.isdir(target) and any(os.scandir(target)):
+                notes.append("unpack: failed but left files in the destination: %s" % sorted(os.listdir(target))[:6])
+            if status == "ok" and rc in (1, 3):
+                msg = (error_lines(err.decode("utf-8", "replace")) or ["?"])[0]
+                (fails if strict_oracle else notes).append(
+                    "%s: tool rejects (rc %d) what the oracle accepts: %s" % (cmd, rc, msg[:200]))
+            continue
+        # rc == 0
+        if status == "invalid" and cmd in ("verify", "optimize", "inplace", "unpack", "cat"):
+            fails.append("%s: exit 0 on an archive the oracle rejects (%s)" % (cmd, orc[1][:200]))
+        if status == "invalid" and cmd == "info":
+            notes.append("info: exit 0 on an archive the oracle rejects (%s)" % orc[1][:120])
+        if cmd == "verify" and b"ok" not in out:
+            fails.append("verify: exit 0 without 'ok' on stdout")
+        if cmd in ("optimize", "inplace"):
+            o = oracle(target)
+            if o[0] == "invalid":
+                fails.append("%s: exit 0 but output does not restore: %s" % (cmd, o[1][:200]))
+            elif o[0] == "ok" and status == "ok" and not same_content(o[1], orc[1]):
+                fails.append("%s: output content differs from input: %s" % (cmd, describe_diff(orc[1], o[1])))
+        if cmd == "unpack" and status == "ok" and safe_names(*orc[1]):
+            exp = unpack_expected(*orc[1])
+            got = sorted(os.listdir(target)) if os.path.isdir(target) else []
+            if got != sorted(exp):
+                fails.append("unpack: files %r, expected %r" % (got, sorted(exp)))
+            else:
+                for n, d in exp.items():
+                    with open(os.path.join(target, n), "rb") as f:
+                        if f.read() != d:
+                            fails.append("unpack: %s content differs from the oracle" % n)
+        if cmd == "info" and status == "ok":
+            try:
+                j = json.loads(out.decode("utf-8"))
+                cfgs, disks = orc[1]
+                if [(c["name"], c["size"]) for c in j["configs"]] != [(n, len(d)) for n, d in cfgs]:
+                    fails.append("info: configs %r != oracle" % j["configs"])
+                if sorted((d["name"], d["size"]) for d in j["devices"]) != sorted((n, len(d)) for n, d in disks.items()):
+                    fails.append("info: devices %r != oracle" % [(d["name"], d["size"]) for d in j["devices"]])
+            except Exception as exc:
+                fails.append("info --json: bad output (%s: %s)" % (type(exc).__name__, exc))
+        if cmd == "cat" and status == "ok":
+            name = args[2]
+            disks = orc[1][1]
+            if name in disks and out != bytes(disks[name]):
+                fails.append("cat %s: output differs from the oracle" % name)
+    return fails, notes
+
+
+def commands_for(case, full=True):
+    if full:
+        cmds = ["verify", "info", "optimize", "unpack"]
+        if case % 5 == 0:
+            cmds.append("inplace")
+        if case % 7 == 0:
+            cmds.append("cat")
+        return cmds
+    cmds = ["verify", "optimize"]
+    if case % 5 == 0:
+        cmds.append("unpack")
+    if case % 11 == 0:
+        cmds.append("inplace")
+    return cmds
+
+
+def run_case(seed, case, corpus, tmproot, full=True, timeout=20, strict_oracle=False):
+    desc, data = make_case(seed, case, corpus)
+    work = tempfile.mkdtemp(prefix="case%d-" % case, dir=tmproot)
+    try:
+        fails, notes = check_case(data, work, commands_for(case, full), timeout=timeout, strict_oracle=strict_oracle)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return desc, data, fails, notes
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cases", type=int, default=1000)
+    ap.add_argument("--seed", default="1")
+    ap.add_argument("--case", type=int, default=None, help="re-run a single case id")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--timeout", type=float, default=30.0)
+    ap.add_argument("--save-dir", default=os.path.join(tempfile.gettempdir(), "vma-fuzz-failures"),
+                    help="where failing inputs are saved (default: $TMPDIR/vma-fuzz-failures)")
+    ap.add_argument("--strict-oracle", action="store_true", help="treat 'tool stricter than oracle' as failure")
+    ap.add_argument("--quick", action="store_true", help="verify+optimize only (unpack for a subset)")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    a = ap.parse_args(argv)
+    corpus = build_corpus()
+    ids = [a.case] if a.case is not None else list(range(a.cases))
+    tmproot = tempfile.mkdtemp(prefix="vma-fuzz-")
+    lock = threading.Lock()
+    stats = {"cases": 0, "failed": 0, "notes": 0}
+    note_kinds = {}
+    t0 = time.monotonic()
+
+    def one(i):
+        desc, data, fails, notes = run_case(a.seed, i, corpus, tmproot, full=not a.quick, timeout=a.timeout,
+                                            strict_oracle=a.strict_oracle)
+        with lock:
+            stats["cases"] += 1
+            for n in notes:
+                key = n.split(":")[0] + ":" + (n.split(":", 2)[1][:60] if ":" in n else "")
+                note_kinds[key] = note_kinds.get(key, 0) + 1
+            stats["notes"] += bool(notes)
+            shown = notes if a.verbose else [n for n in notes if "rejects (rc" in n]
+            if shown:
+                print("note seed=%s case=%d: %s | %s" % (a.seed, i, desc, " | ".join(shown)), flush=True)
+            if fails:
+                stats["failed"] += 1
+                os.makedirs(a.save_dir, exist_ok=True)
+                base = os.path.join(a.save_dir, "seed-%s-case-%d" % (a.seed, i))
+                with open(base + ".vma", "wb") as f:
+                    f.write(data)
+                with open(base + ".txt", "w") as f:
+                    f.write("seed=%s case=%d\n%s\n%s\n" % (a.seed, i, desc, "\n".join(fails + notes)))
+                print("FAIL seed=%s case=%d: %s\n    %s\n    saved %s.vma" % (a.seed, i, desc, "\n    ".join(fails), base),
+                      flush=True)
+            if stats["cases"] % 500 == 0:
+                print("... %d cases, %d failed, %.0fs" % (stats["cases"], stats["failed"], time.monotonic() - t0),
+                      flush=True)
+
+    print("fuzz: seed=%s cases=%d jobs=%d, failures go to %s" % (a.seed, len(ids), a.jobs, a.save_dir), flush=True)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, a.jobs)) as ex:
+            step = max(1, a.jobs) * 8          # bounded batches: Ctrl-C stops after the current batch
+            for k in range(0, len(ids), step):
+                list(ex.map(one, ids[k:k + step]))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+    finally:
+        shutil.rmtree(tmproot, ignore_errors=True)
+    print("fuzz: seed=%s cases=%d failed=%d (cases with notes: %d) in %.1fs" % (
+        a.seed, stats["cases"], stats["failed"], stats["notes"], time.monotonic() - t0))
+    for k, v in sorted(note_kinds.items(), key=lambda kv: -kv[1])[:15]:
+        print("  note x%d: %s" % (v, k))
+    return 1 if stats["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Test runner: python3 tests/run.py [-v] [-f] [pattern...]
+
+Discovers tests/test_*.py (optionally only modules matching a pattern: a substring of the module
+name or an fnmatch pattern, e.g. `fixture`, `test_verify`, `test_p*`), runs them with unittest and
+prints the final line `N passed, N failed, N skipped`.  Exit status 1 if anything failed or
+errored (or no module matched the given patterns), else 0.  Works from any cwd.
+"""
+
+import fnmatch
+import os
+import sys
+import unittest
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class _Result(unittest.TextTestResult):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.bad = set()
+        self.started = set()
+        self.skipped_ids = set()
+
+    def startTest(self, test):
+        super().startTest(test)
+        self.started.add(test.id())
+
+    def addSkip(self, test, reason):
+        super().addSkip(test, reason)
+        self.skipped_ids.add(test.id())
+
+    def _mark(self, test):
+        self.bad.add(test.id())
+
+    def addError(self, test, err):
+        super().addError(test, err)
+        self._mark(test)
+
+    def addFailure(self, test, err):
+        super().addFailure(test, err)
+        self._mark(test)
+
+    def addUnexpectedSuccess(self, test):
+        super().addUnexpectedSuccess(test)
+        self._mark(test)
+
+    def addSubTest(self, test, subtest, err):
+        super().addSubTest(test, subtest, err)
+        if err is not None:
+            self._mark(test)
+
+
+def _matches(mod, patterns):
+    if not patterns:
+        return True
+    for p in patterns:
+        p = os.path.basename(p)
+        if p.endswith(".py"):
+            p = p[:-3]
+        if p in mod or fnmatch.fnmatch(mod, p) or fnmatch.fnmatch(mod, "test_" + p):
+            return True
+    return False
+
+
+def main(argv):
+    verbosity = 1
+    failfast = False
+    patterns = []
+    for a in argv:
+        if a in ("-v", "--verbose"):
+            verbosity = 2
+        elif a in ("-f", "--failfast"):
+            failfast = True
+        elif a in ("-h", "--help"):
+            print(__doc__.strip())
+            return 0
+        else:
+            patterns.append(a)
+    if TESTS_DIR not in sys.path:
+        sys.path.insert(0, TESTS_DIR)
+    mods = sorted(f[:-3] for f in os.listdir(TESTS_DIR)
+                  if f.startswith("test_") and f.endswith(".py"))
+    mods = [m for m in mods if _matches(m, patterns)]
+    loader = unittest.TestLoader()
+    suite = unittest.TestSuite()
+    for m in mods:
+        suite.addTest(loader.loadTestsFromName(m))   # an import error becomes a failing test
+    runner = unittest.TextTestRunner(verbosity=verbosity, resultclass=_Result, failfast=failfast)
+    result = runner.run(suite)
+    sys.stderr.flush()
+    skipped = len(result.skipped)
+    failed = len(result.bad)      # failing tests plus class/module fixture errors
+    passed = len(result.started - result.bad - result.skipped_ids)
+    if patterns and not mods:
+        sys.stderr.write("run.py: no test module matches %s\n" % " ".join(patterns))
+        sys.stderr.flush()
+    sys.stdout.write("%d passed, %d failed, %d skipped\n" % (passed, failed, skipped))
+    sys.stdout.flush()
+    return 1 if failed or (patterns and not mods) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

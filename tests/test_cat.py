@@ -1,0 +1,183 @@
+"""Tests for `vma-tool cat SRC|- DEVICE` (one device's raw image on stdout, in order)."""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+import vmafixture as fx  # noqa: E402
+from support import TOOL, run_tool, assert_clean_error  # noqa: E402
+
+CLUSTER = 65536
+
+_CACHE = {}
+
+
+def cached(key, fn):
+    if key not in _CACHE:
+        _CACHE[key] = fn()
+    return _CACHE[key]
+
+
+def default_vm():
+    return cached("vm", lambda: fx.make_vm(6101))
+
+
+def default_archive():
+    return cached("arch", lambda: bytes(fx.write_archive(default_vm(), None, seed=6101)))
+
+
+def first_diff(a, b):
+    n = min(len(a), len(b))
+    for off in range(0, n, CLUSTER):
+        if a[off:off + CLUSTER] != b[off:off + CLUSTER]:
+            for i in range(off, min(off + CLUSTER, n)):
+                if a[i] != b[i]:
+                    return i
+    return n
+
+
+class CatCase(unittest.TestCase):
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="vmatest-cat-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+
+    def put(self, name, data):
+        p = os.path.join(self.tmp, name)
+        with open(p, "wb") as f:
+            f.write(data)
+        return p
+
+    def assertImage(self, r, disk, what="image"):
+        err = r.stderr.decode("utf-8", "replace")
+        self.assertNotIn("Traceback", err)
+        self.assertEqual(r.returncode, 0, "exit %d: %s" % (r.returncode, err))
+        exp = bytes(disk)
+        self.assertEqual(len(r.stdout), len(exp), "%s: wrong length" % what)
+        if r.stdout != exp:
+            self.fail("%s differs from the disk at byte %d" % (what, first_diff(r.stdout, exp)))
+
+
+class CatTests(CatCase):
+
+    def test_each_device_from_file(self):
+        vm = default_vm()
+        src = self.put("x.vma", default_archive())
+        for (name, _size), disk in zip(vm.devices, vm.disks):
+            self.assertImage(run_tool("cat", src, name), disk, name)
+
+    def test_from_pipe_proxmox_order(self):
+        vm = default_vm()
+        self.assertImage(run_tool("cat", "-", "drive-scsi0", input=default_archive()), vm.disks[1])
+
+    def test_from_pipe_random_order(self):
+        vm = default_vm()
+        data = bytes(fx.write_archive(vm, None, seed=2, order="random", per_extent="random",
+                                      empty_extents=True))
+        self.assertImage(run_tool("cat", "-", "drive-efidisk0", input=data), vm.disks[0])
+        self.assertImage(run_tool("cat", "-", "drive-scsi1", input=data), vm.disks[2])
+
+    def test_reverse_order_file(self):
+        vm = default_vm()
+        src = self.put("x.vma", fx.write_archive(vm, None, seed=3, order="reverse", per_extent=1))
+        self.assertImage(run_tool("cat", src, "drive-scsi0"), vm.disks[1])
+
+    def test_tail_garbage_and_stored_zeros(self):
+        vm = fx.make_vm(6102, devices=[("drive-scsi0", 5 * CLUSTER + 512 * 3), ("drive-scsi1", 512)])
+        data = bytes(fx.write_archive(vm, None, seed=4, tail_garbage=True, stored_zero_blocks=True))
+        self.assertImage(run_tool("cat", "-", "drive-scsi0", input=data), vm.disks[0])
+        self.assertImage(run_tool("cat", "-", "drive-scsi1", input=data), vm.disks[1])
+
+    def test_dev_id_gaps(self):
+        vm = default_vm()
+        data = bytes(fx.write_archive(vm, None, seed=5, dev_ids=[7, 3, 254]))
+        self.assertImage(run_tool("cat", "-", "drive-scsi1", input=data), vm.disks[2])
+
+    def test_vmstate(self):
+        vm = fx.make_vm(6103, devices=[("drive-scsi0", CLUSTER * 2), ("vmstate", CLUSTER * 3 + 4096)])
+        data = bytes(fx.write_archive(vm, None, seed=6, order="sequential"))
+        self.assertImage(run_tool("cat", "-", "vmstate", input=data), vm.disks[1])
+
+    def test_quiet_same_output(self):
+        vm = default_vm()
+        src = self.put("x.vma", default_archive())
+        r = run_tool("cat", "-q", src, "drive-scsi1")
+        self.assertImage(r, vm.disks[2])
+        self.assertEqual(r.stderr, b"")
+
+    def test_unknown_device(self):
+        src = self.put("x.vma", default_archive())
+        r = run_tool("cat", src, "drive-scsi9")
+        assert_clean_error(self, r, "drive-scsi9", code=1)
+        self.assertEqual(r.stdout, b"")
+
+    def test_unknown_device_pipe(self):
+        r = run_tool("cat", "-", "disk-drive-scsi0.raw", input=default_archive())
+        assert_clean_error(self, r, code=1)
+        self.assertEqual(r.stdout, b"")
+
+    def test_missing_cluster(self):
+        vm = default_vm()
+        data = bytes(fx.write_archive(vm, None, seed=7, omit=[(1, 20)]))
+        r = run_tool("cat", "-", "drive-scsi0", input=data)
+        assert_clean_error(self, r, "missing cluster", code=1)
+        self.assertLess(len(r.stdout), vm.devices[1].size, "a complete-looking image was written")
+
+    def test_missing_cluster_other_device_ok(self):
+        vm = default_vm()
+        data = bytes(fx.write_archive(vm, None, seed=8, omit=[(1, 20)]))
+        self.assertImage(run_tool("cat", "-", "drive-scsi1", input=data), vm.disks[2])
+
+    def test_corrupt_archive(self):
+        data = bytearray(default_archive())
+        lay = fx.parse_layout(bytes(data))
+        data[lay.extents[-1].offset + 25] ^= 0x10
+        r = run_tool("cat", "-", "drive-scsi0", input=bytes(data))
+        assert_clean_error(self, r, "extent checksum", code=1)
+
+    def test_truncated_archive(self):
+        r = run_tool("cat", "-", "drive-efidisk0", input=default_archive()[:-3000])
+        assert_clean_error(self, r, "truncated", code=1)
+
+    def test_not_vma(self):
+        r = run_tool("cat", "-", "drive-scsi0", input=b"\0" * 20000)
+        assert_clean_error(self, r, "not a vma archive", code=1)
+
+    def test_missing_file(self):
+        r = run_tool("cat", os.path.join(self.tmp, "nope.vma"), "drive-scsi0")
+        assert_clean_error(self, r, code=3)
+
+    def test_closed_stdout(self):
+        # a reader that stops early (like `| head -c`) must not produce a traceback
+        src = self.put("x.vma", default_archive())
+        p = subprocess.Popen([sys.executable, TOOL, "cat", src, "drive-scsi0"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        head = p.stdout.read(1000)
+        p.stdout.close()
+        err = p.stderr.read().decode("utf-8", "replace")
+        p.wait(timeout=60)
+        p.stderr.close()
+        self.assertEqual(head, bytes(default_vm().disks[1][:1000]))
+        self.assertNotIn("Traceback", err)
+        self.assertNotIn("Exception ignored", err)
+
+    def test_to_file_matches(self):
+        vm = default_vm()
+        src = self.put("x.vma", default_archive())
+        outp = os.path.join(self.tmp, "img.raw")
+        with open(outp, "wb") as f:
+            r = subprocess.run([sys.executable, TOOL, "cat", src, "drive-efidisk0"], stdout=f,
+                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(outp, "rb") as f:
+            self.assertTrue(f.read() == bytes(vm.disks[0]))
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,210 @@
+"""The dedup property of `vma-tool optimize`: two optimized archives of similar VMs differ only
+in the extents that hold changed clusters (plus the header when ctime/sizes differ); every other
+extent is byte-identical, and at the same offset as long as no earlier extent changed size.
+
+The source archives are written with different seeds, cluster orders, extent sizes and uuids, so
+nothing of the original layout may leak into the optimized form."""
+
+import os
+import random
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import support  # noqa: E402
+import vmafixture  # noqa: E402
+from vmafixture import BLOCK, CLUSTER  # noqa: E402
+
+SLOTS = 59
+DEVICES = [
+    ("drive-efidisk0", 540672),               # 8.25 clusters
+    ("drive-scsi0", 16 * 1048576 + 36352),    # 257 clusters: 5 extents, the last one partial
+    ("drive-scsi1", 6 * 1048576 + 40960),     # 97 clusters: 2 extents
+]
+
+
+def nclusters(size):
+    return (size + CLUSTER - 1) // CLUSTER
+
+
+def changed_clusters(a, b):
+    """{(dev_id, cluster)} whose content differs between VMs a and b (same devices)."""
+    out = set()
+    for di, dev in enumerate(a.devices):
+        da, db = a.disks[di], b.disks[di]
+        for c in range(nclusters(dev.size)):
+            if da[c * CLUSTER:(c + 1) * CLUSTER] != db[c * CLUSTER:(c + 1) * CLUSTER]:
+                out.add((a.dev_ids[di], c))
+    return out
+
+
+def canonical_slots(vm):
+    """The extent slot lists of the canonical layout: per device (ascending dev_id) clusters in
+    order, 59 per extent, a new extent at each device."""
+    exts = []
+    for dev_id, dev in sorted(zip(vm.dev_ids, vm.devices)):
+        n = nclusters(dev.size)
+        for s in range(0, n, SLOTS):
+            exts.append([(dev_id, c) for c in range(s, min(n, s + SLOTS))])
+    return exts
+
+
+class DedupPropertyTest(support.TempDir, unittest.TestCase):
+
+    def optimize(self, vm, name, **kw):
+        src = self.tmp_path(name + ".vma")
+        dst = self.tmp_path(name + "-opt.vma")
+        vmafixture.write_archive(vm, src, **kw)
+        r = support.run_tool("optimize", "-q", src, dst)
+        self.assertEqual(r.returncode, 0, "optimize %s failed: %s" % (
+            name, r.stderr.decode("utf-8", "replace")[-2000:]))
+        with open(dst, "rb") as f:
+            data = f.read()
+        vmafixture.assert_same_content(self, data, vm)
+        return data
+
+    def check_layout(self, data, vm):
+        lay = vmafixture.parse_layout(data)
+        self.assertEqual(lay.end, len(data), "bytes after the last extent")
+        got = [[(d, c) for _m, d, c in e.slots] for e in lay.extents]
+        self.assertEqual(got, canonical_slots(vm), "extents do not follow the canonical layout")
+        return lay
+
+    def extent_bytes(self, data, ext):
+        return data[ext.offset:ext.end]
+
+    def assertSameExtent(self, da, ea, db, eb, same=True):
+        equal = self.extent_bytes(da, ea) == self.extent_bytes(db, eb)
+        self.assertEqual(equal, same, "extent at %d (a) / %d (b), slots %s..: %s" % (
+            ea.offset, eb.offset, ea.slots[:1], "differ" if same else "identical"))
+
+    def compare(self, da, db, va, vb, changed):
+        """Assert that exactly the extents covering changed clusters differ.  Returns
+        (layout a, layout b, indices of the differing extents)."""
+        la = self.check_layout(da, va)
+        lb = self.check_layout(db, vb)
+        self.assertEqual(len(la.extents), len(lb.extents))
+        expect = set()
+        for i, ext in enumerate(la.extents):
+            if any((d, c) in changed for _m, d, c in ext.slots):
+                expect.add(i)
+        differ = set(i for i, (ea, eb) in enumerate(zip(la.extents, lb.extents))
+                     if self.extent_bytes(da, ea) != self.extent_bytes(db, eb))
+        self.assertTrue(expect, "test setup: no extent covers a changed cluster")
+        self.assertLess(len(expect), len(la.extents), "test setup: every extent changed")
+        self.assertEqual(sorted(differ), sorted(expect),
+                         "differing extents != extents with changed clusters "
+                         "(extra: %s, missing: %s)" % (sorted(differ - expect),
+                                                       sorted(expect - differ)))
+        return la, lb, differ
+
+    def test_one_day_later(self):
+        a = vmafixture.make_vm(11, devices=DEVICES)
+        b = vmafixture.mutate_vm(a, 12, fraction=0.01, ctime=a.ctime + 86400 + 17)
+        changed = changed_clusters(a, b)
+        da = self.optimize(a, "a", seed=1, order="proxmox")
+        db = self.optimize(b, "b", seed=2, order="random", per_extent="random",
+                           empty_extents=True, stored_zero_blocks=True, tail_garbage=True,
+                           uuid=bytes(range(16)))
+        la, lb, differ = self.compare(da, db, a, b, changed)
+        # header: same size, differs only in ctime (24..32) and the MD5 (32..48)
+        self.assertEqual(la.header_size, lb.header_size)
+        ha, hb = da[:la.header_size], db[:lb.header_size]
+        diff_pos = [i for i in range(len(ha)) if ha[i] != hb[i]]
+        self.assertTrue(diff_pos, "headers identical although ctime differs")
+        self.assertTrue(all(24 <= i < 48 for i in diff_pos),
+                        "header differs outside ctime/md5 at %s" % diff_pos[:10])
+        # unchanged extents before the first size change sit at the same offset; after it
+        # they are shifted by exactly the accumulated size difference
+        shift = 0
+        for i, (ea, eb) in enumerate(zip(la.extents, lb.extents)):
+            self.assertEqual(eb.offset - ea.offset, shift, "extent %d misplaced" % i)
+            shift += (eb.end - eb.offset) - (ea.end - ea.offset)
+
+    def test_rewrite_in_place_keeps_offsets(self):
+        # rewrite the stored blocks of a few clusters with other non-zero data, keep zero
+        # blocks zero: block counts stay, so every extent keeps its offset, the header (same
+        # ctime, configs, sizes) is byte-identical, and only the extents of those clusters differ
+        a = vmafixture.make_vm(21, devices=DEVICES)
+        b = a.copy()
+        rng = random.Random(5)
+        targets = []
+        for di in (1, 2, 1):
+            dev = a.devices[di]
+            for _ in range(1000):
+                c = rng.randrange(nclusters(dev.size))
+                blk = a.disks[di][c * CLUSTER:c * CLUSTER + BLOCK]
+                if any(blk) and (a.dev_ids[di], c) not in targets and \
+                        c * CLUSTER + BLOCK <= dev.size:
+                    targets.append((a.dev_ids[di], c))
+                    break
+        self.assertEqual(len(targets), 3, "test setup: no clusters with data found")
+        for dev_id, c in targets:
+            di = a.dev_ids.index(dev_id)
+            disk = b.disks[di]
+            for o in range(c * CLUSTER, min((c + 1) * CLUSTER, len(disk)), BLOCK):
+                end = min(o + BLOCK, len(disk))
+                if any(disk[o:end]):
+                    new = bytearray(rng.randbytes(end - o))
+                    new[0] = 1
+                    disk[o:end] = new
+        changed = changed_clusters(a, b)
+        self.assertEqual(changed, set(targets))
+        da = self.optimize(a, "a", seed=3, order="proxmox", per_extent=58)
+        db = self.optimize(b, "b", seed=4, order="reverse", per_extent=7, uuid=b"\xab" * 16)
+        la, lb, differ = self.compare(da, db, a, b, changed)
+        # the differing extents, computed from the canonical layout alone
+        first = {}
+        n = 0
+        for dev_id, dev in sorted(zip(a.dev_ids, a.devices)):
+            first[dev_id] = n
+            n += -(-nclusters(dev.size) // SLOTS)
+        self.assertEqual(differ, set(first[d] + c // SLOTS for d, c in targets))
+        self.assertEqual(len(da), len(db))
+        self.assertTrue(da[:la.header_size] == db[:lb.header_size], "headers differ")
+        for ea, eb in zip(la.extents, lb.extents):
+            self.assertEqual(ea.offset, eb.offset)
+
+    def test_device_grown(self):
+        # scsi0 grows by 4 MiB + 4 KiB of new data: the header changes (device size); efidisk0
+        # extents stay identical at the same offsets; scsi0 extents before its last (partial) one
+        # stay identical; the last one changes and new ones follow; all scsi1 extents stay
+        # identical (shifted)
+        a = vmafixture.make_vm(31, devices=DEVICES)
+        grow = 4 * 1048576 + 4096
+        rng = random.Random(7)
+        devs = list(a.devices)
+        devs[1] = (devs[1].name, devs[1].size + grow)
+        disks = [bytearray(d) for d in a.disks]
+        disks[1] += rng.randbytes(grow)
+        b = vmafixture.VM(a.ctime, a.configs, devs, disks)
+        da = self.optimize(a, "a", seed=5, order="proxmox")
+        db = self.optimize(b, "b", seed=6, order="random")
+        la = self.check_layout(da, a)
+        lb = self.check_layout(db, b)
+        self.assertEqual(la.header_size, lb.header_size)
+        self.assertTrue(da[:la.header_size] != db[:lb.header_size], "headers identical")
+        by_dev_a, by_dev_b = {}, {}
+        for lay, data, out in ((la, da, by_dev_a), (lb, db, by_dev_b)):
+            for e in lay.extents:
+                out.setdefault(e.slots[0][1], []).append(e)
+        efi_a, efi_b = by_dev_a[1], by_dev_b[1]
+        self.assertEqual(len(efi_a), len(efi_b))
+        for ea, eb in zip(efi_a, efi_b):
+            self.assertEqual(ea.offset, eb.offset)
+            self.assertSameExtent(da, ea, db, eb)
+        s0a, s0b = by_dev_a[2], by_dev_b[2]
+        self.assertGreater(len(s0b), len(s0a))
+        for ea, eb in zip(s0a[:-1], s0b):
+            self.assertEqual(ea.offset, eb.offset)
+            self.assertSameExtent(da, ea, db, eb)
+        self.assertSameExtent(da, s0a[-1], db, s0b[len(s0a) - 1], same=False)
+        s1a, s1b = by_dev_a[3], by_dev_b[3]
+        self.assertEqual(len(s1a), len(s1b))
+        for ea, eb in zip(s1a, s1b):
+            self.assertSameExtent(da, ea, db, eb)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,679 @@
+"""Self-tests of the fixture writer / oracle (tests/vmafixture.py) and of tests/support.py."""
+
+import hashlib
+import io
+import itertools
+import os
+import struct
+import subprocess
+import sys
+import time
+import unittest
+
+import support
+import vmafixture as F
+
+ORDERS = ("proxmox", "sequential", "reverse", "random")
+SEEDS = (0, 1, 7)
+
+_VMS = {}
+
+
+def vm_for(seed):
+    if seed not in _VMS:
+        _VMS[seed] = F.make_vm(seed)
+    return _VMS[seed]
+
+
+def popcount(x):
+    return bin(x).count("1")
+
+
+def md5(b):
+    return hashlib.md5(b, usedforsecurity=False).digest()
+
+
+class RoundTrip(support.TempDir, unittest.TestCase):
+    def check(self, vm, data, **kw):
+        F.assert_same_content(self, data, vm)
+        lay = F.parse_layout(data)
+        self.assertEqual(lay.end, len(data))
+        self.assertEqual(lay.size, len(data))
+        # every cluster exactly once
+        seen = [(d, c) for _, _, _, d, c, _ in lay.entries()]
+        ids = kw.get("dev_ids") or vm.dev_ids
+        want = sorted((ids[i], c) for i, dev in enumerate(vm.devices)
+                      for c in range(F._nclusters(dev.size)))
+        self.assertEqual(sorted(seen), want)
+        return lay
+
+    def test_orders_and_quirks(self):
+        flags = ("empty_extents", "stored_zero_blocks", "tail_garbage")
+        for seed in SEEDS:
+            vm = vm_for(seed)
+            for order in ORDERS:
+                for per_extent in (58, 1, 59, "random", 13):
+                    for combo in itertools.product((False, True), repeat=3):
+                        if per_extent not in (58, "random") and any(combo) and not all(combo):
+                            continue
+                        kw = dict(zip(flags, combo))
+                        with self.subTest(seed=seed, order=order, per_extent=per_extent, **kw):
+                            data = F.write_archive(vm, None, seed=seed, order=order,
+                                                   per_extent=per_extent, **kw)
+                            lay = self.check(vm, data)
+                            if per_extent != "random":
+                                for e in lay.extents:
+                                    self.assertLessEqual(len(e.slots), per_extent)
+
+    def test_dev_id_gaps(self):
+        vm = vm_for(1)
+        for order in ORDERS:
+            data = F.write_archive(vm, None, seed=4, order=order, dev_ids=[3, 9, 254])
+            lay = self.check(vm, data, dev_ids=[3, 9, 254])
+            self.assertEqual(sorted(lay.devices), [3, 9, 254])
+            self.assertEqual(lay.devices[9], tuple(vm.devices[1]))
+
+    def test_explicit_uuid(self):
+        u = bytes(range(16))
+        data = F.write_archive(vm_for(0), None, uuid=u)
+        lay = F.parse_layout(data)
+        self.assertEqual(lay.uuid, u)
+        self.assertTrue(all(e.uuid == u for e in lay.extents))
+        data2 = F.write_archive(vm_for(0), None, uuid=F.VMA_UUID_STR(u))
+        self.assertEqual(data, data2)
+
+    def test_file_backed_and_dest_kinds(self):
+        tmp = self
+        vm_mem = F.make_vm(5, fill=0.6)
+        vm_file = F.make_vm(5, fill=0.6, directory=tmp.tmp)
+        self.assertTrue(all(isinstance(d, str) for d in vm_file.disks))
+        self.assertIsNone(F.contents_diff(vm_mem, vm_file))
+        for order in ORDERS:
+            ref = F.write_archive(vm_mem, None, seed=2, order=order, tail_garbage=True)
+            path = tmp.tmp_path("a.vma")
+            n = F.write_archive(vm_file, path, seed=2, order=order, tail_garbage=True)
+            self.assertEqual(n, os.path.getsize(path))
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), ref)
+            bio = io.BytesIO()
+            n2 = F.write_archive(vm_mem, bio, seed=2, order=order, tail_garbage=True)
+            self.assertEqual(n2, len(ref))
+            self.assertEqual(bio.getvalue(), ref)
+            F.assert_same_content(self, path, vm_file)
+
+    def test_diskless(self):
+        vm = F.make_vm(3, devices=[])
+        data = F.write_archive(vm, None)
+        lay = F.parse_layout(data)
+        self.assertEqual(len(data), lay.header_size + 512)
+        self.assertEqual(len(lay.extents), 1)
+        self.assertEqual(lay.extents[0].block_count, 0)
+        configs, disks = F.restore(data)
+        self.assertEqual(configs, vm.configs)
+        self.assertEqual(disks, {})
+        # no configs, no devices: still a valid (>= 512-byte) blob area
+        vm0 = F.VM(0, [], [], [])
+        data0 = F.write_archive(vm0, None)
+        self.assertEqual(F.parse_layout(data0).header_size, 12288 + 512)
+        self.assertEqual(F.restore(data0), ([], {}))
+
+    def test_vmstate_stays_sequential(self):
+        vm = F.make_vm(2, devices=[("drive-scsi0", 1 << 20), ("vmstate", 40 * 65536 + 4096)])
+        for order in ORDERS:
+            data = F.write_archive(vm, None, seed=9, order=order)
+            F.assert_same_content(self, data, vm)
+            lay = F.parse_layout(data)
+            vs = [c for _, _, _, d, c, _ in lay.entries() if d == 2]
+            self.assertEqual(vs, sorted(vs))
+
+    def test_odd_sizes(self):
+        devs = [("drive-a", 512), ("drive-b", 4096), ("drive-c", 65536), ("drive-d", 65536 + 512),
+                ("drive-e", 5 * 65536 - 512), ("drive-f", 4095 * 1), ("drive-g", 1)]
+        for fill in (0.0, 0.5, 1.0):
+            vm = F.make_vm(11, devices=devs, fill=fill)
+            for order in ORDERS:
+                for tg in (False, True):
+                    data = F.write_archive(vm, None, seed=1, order=order, tail_garbage=tg,
+                                           per_extent="random", empty_extents=True)
+                    with self.subTest(fill=fill, order=order, tail_garbage=tg):
+                        self.check(vm, data)
+
+
+class WriterProperties(unittest.TestCase):
+    def test_proxmox_like_defaults(self):
+        vm = vm_for(0)
+        data = F.write_archive(vm, None, seed=0)
+        lay = F.parse_layout(data)
+        sizes = {i + 1: d.size for i, d in enumerate(vm.devices)}
+        disks = {i + 1: vm.disks[i] for i in range(len(vm.devices))}
+        for e in lay.extents[:-1]:
+            self.assertEqual(len(e.slots), 58)
+        self.assertLessEqual(len(lay.extents[-1].slots), 58)
+        for e in lay.extents:
+            raw = bytearray(e.raw)
+            self.assertEqual(e.magic, b"VMAE")
+            self.assertEqual(e.reserved1, 0)
+            self.assertEqual(e.block_count, sum(popcount(m) for m, _, _ in e.slots))
+            self.assertTrue(all(d != 0 for _, d, _ in e.slots))
+            raw[24:40] = bytes(16)
+            self.assertEqual(md5(bytes(raw)), e.md5)
+        zero_clusters = 0
+        for ei, si, mask, dev_id, cl, pos in lay.entries():
+            size = sizes[dev_id]
+            disk = disks[dev_id]
+            base = cl * 65536
+            k = 0
+            for b in range(16):
+                boff = base + b * 4096
+                blk = bytes(disk[boff:boff + 4096])
+                if boff >= size:
+                    self.assertFalse(mask >> b & 1, "bit set past device end")
+                    continue
+                blk = blk + bytes(4096 - len(blk))
+                if mask >> b & 1:
+                    stored = data[pos + k * 4096:pos + (k + 1) * 4096]
+                    self.assertEqual(stored, blk)
+                    self.assertNotEqual(stored, bytes(4096), "all-zero block stored")
+                    k += 1
+                else:
+                    self.assertEqual(blk, bytes(4096))
+            if mask == 0:
+                zero_clusters += 1
+        self.assertGreater(zero_clusters, 0)
+
+    def test_per_extent_fixed_and_random(self):
+        vm = vm_for(1)
+        total = sum(F._nclusters(d.size) for d in vm.devices)
+        for k in (1, 2, 17, 58, 59):
+            lay = F.parse_layout(F.write_archive(vm, None, seed=1, per_extent=k))
+            counts = [len(e.slots) for e in lay.extents]
+            self.assertEqual(sum(counts), total)
+            self.assertTrue(all(c == k for c in counts[:-1]), (k, counts))
+            self.assertTrue(1 <= counts[-1] <= k)
+        lay = F.parse_layout(F.write_archive(vm, None, seed=1, per_extent="random"))
+        counts = [len(e.slots) for e in lay.extents]
+        self.assertEqual(sum(counts), total)
+        self.assertTrue(all(1 <= c <= 59 for c in counts))
+        self.assertGreater(len(set(counts)), 1)
+        with self.assertRaises(ValueError):
+            F.write_archive(vm, None, per_extent=60)
+        with self.assertRaises(ValueError):
+            F.write_archive(vm, None, per_extent=0)
+
+    def test_59_slots_full_extent(self):
+        vm = F.make_vm(4, devices=[("drive-scsi0", 59 * 65536)], fill=1.0)
+        vm.disks[0][:] = os.urandom(59 * 65536)
+        data = F.write_archive(vm, None, per_extent=59, order="sequential")
+        lay = F.parse_layout(data)
+        self.assertEqual(len(lay.extents), 1)
+        self.assertEqual(lay.extents[0].block_count, 944)
+        F.assert_same_content(self, data, vm)
+
+    def test_header_md5_and_fields(self):
+        vm = vm_for(7)
+        data = F.write_archive(vm, None, seed=7)
+        lay = F.parse_layout(data)
+        hs = lay.header_size
+        self.assertEqual(hs % 512, 0)
+        h = bytearray(data[:hs])
+        self.assertEqual(h[:4], b"VMA\0")
+        self.assertEqual(struct.unpack_from(">I", h, 4)[0], 1)
+        self.assertEqual(struct.unpack_from(">q", h, 24)[0], vm.ctime)
+        self.assertEqual(struct.unpack_from(">I", h, 48)[0], 12288)
+        stored = bytes(h[32:48])
+        h[32:48] = bytes(16)
+        self.assertEqual(md5(bytes(h)), stored)
+        self.assertEqual(bytes(h[60:2044]), bytes(1984))
+        self.assertEqual(lay.configs, vm.configs)
+        self.assertEqual(lay.devices, {i + 1: tuple(d) for i, d in enumerate(vm.devices)})
+        # fix_header_md5 restores a damaged checksum
+        d2 = bytearray(data)
+        d2[40] ^= 0xFF
+        self.assertRaisesRegex(ValueError, "header checksum", F.restore, bytes(d2))
+        F.fix_header_md5(d2)
+        self.assertEqual(bytes(d2), data)
+
+    def test_blob_layout_worked_example(self):
+        # blobs of 9+3000+7+700+17+115+12+15 bytes -> blob_buffer_size 3892, header_size 16896
+        configs = [("abcd.cfg", b"x" * 3000), ("a.conf", b"y" * 700),
+                   ("qemu-server.conf", b"z" * 115)]
+        devices = [(1, "drive-scsi0", 1 << 20), (2, "drive-efidisk0", 540672)]
+        hdr = F.build_header(1700000000, configs, devices, bytes(16))
+        bbo, bbs, hs = struct.unpack_from(">III", hdr, 48)
+        self.assertEqual((bbo, bbs, hs), (12288, 3892, 16896))
+        self.assertEqual(len(hdr), 16896)
+        blob = hdr[12288:]
+        self.assertEqual(blob[0], 0)
+        # walk the chain: LE lengths, contiguous from 1
+        pos, chain = 1, []
+        while pos + 2 <= bbs:
+            ln = blob[pos] | blob[pos + 1] << 8
+            chain.append((pos, blob[pos + 2:pos + 2 + ln]))
+            pos += ln + 2
+        self.assertEqual(pos, bbs)
+        self.assertEqual([len(b) for _, b in chain], [9, 3000, 7, 700, 17, 115, 12, 15])
+        self.assertEqual(chain[0][1], b"abcd.cfg\0")
+        self.assertEqual(chain[4][1], b"qemu-server.conf\0")
+        self.assertEqual(chain[6][1], b"drive-scsi0\0")
+        self.assertEqual(chain[7][1], b"drive-efidisk0\0")
+        self.assertEqual(blob[bbs:], bytes(len(blob) - bbs))
+        names = struct.unpack_from(">3I", hdr, 2044)
+        datas = struct.unpack_from(">3I", hdr, 3068)
+        self.assertEqual(names, (chain[0][0], chain[2][0], chain[4][0]))
+        self.assertEqual(datas, (chain[1][0], chain[3][0], chain[5][0]))
+        self.assertEqual(struct.unpack_from(">IIQQQ", hdr, 4096 + 32),
+                         (chain[6][0], 0, 1 << 20, 0, 0))
+        self.assertEqual(struct.unpack_from(">IIQQQ", hdr, 4096 + 64),
+                         (chain[7][0], 0, 540672, 0, 0))
+        # the same through write_archive
+        vm = F.make_vm(0, devices=[("drive-scsi0", 1 << 20), ("drive-efidisk0", 540672)],
+                       configs=configs)
+        data = F.write_archive(vm, None)
+        self.assertEqual(struct.unpack_from(">III", data, 48), (12288, 3892, 16896))
+        self.assertEqual(F.restore(data)[0], configs)
+
+    def test_sample_like_header(self):
+        # the real sample: a 417-byte config and one device -> blob_buffer_size 453, header 12800
+        vm = F.make_vm(0, devices=[("drive-scsi0", 1 << 20)],
+                       configs=[("qemu-server.conf", b"c" * 417)])
+        data = F.write_archive(vm, None)
+        self.assertEqual(struct.unpack_from(">III", data, 48), (12288, 453, 12800))
+        self.assertEqual(data[12288 + 439 + 2:12288 + 439 + 14], b"drive-scsi0\0")
+
+    def test_determinism(self):
+        a = F.make_vm(42)
+        b = F.make_vm(42)
+        self.assertIsNone(F.contents_diff(a, b))
+        self.assertEqual(a.ctime, b.ctime)
+        for order in ORDERS:
+            kw = dict(order=order, per_extent="random", empty_extents=True,
+                      stored_zero_blocks=True, tail_garbage=True)
+            self.assertEqual(F.write_archive(a, None, seed=5, **kw),
+                             F.write_archive(b, None, seed=5, **kw))
+        m1 = F.mutate_vm(a, 3)
+        m2 = F.mutate_vm(b, 3)
+        self.assertIsNone(F.contents_diff(m1, m2))
+
+    def test_different_seeds(self):
+        vm = vm_for(0)
+        lays = [F.parse_layout(F.write_archive(vm, None, seed=s)) for s in range(4)]
+        self.assertEqual(len({l.uuid for l in lays}), 4)
+        orders = {tuple((d, c) for _, _, _, d, c, _ in l.entries()) for l in lays}
+        self.assertEqual(len(orders), 4)
+        for order in ("random",):
+            o1 = F.archive_order(vm, 1, order)
+            o2 = F.archive_order(vm, 2, order)
+            self.assertNotEqual(o1, o2)
+        self.assertNotEqual(F.make_vm(1).disks[1], F.make_vm(2).disks[1])
+
+    def test_proxmox_order_shape(self):
+        vm = F.make_vm(0, devices=[("drive-efidisk0", 540672), ("drive-scsi0", 8 << 20),
+                                   ("drive-scsi1", 6 << 20)])
+        interleaved = cbw = 0
+        for seed in range(12):
+            seq = F.archive_order(vm, seed, "proxmox")
+            self.assertEqual(sorted(seq), sorted(F.archive_order(vm, seed, "sequential")))
+            devs = [d for d, _ in seq]
+            # devices one after another, highest dev_id first (ignoring the few CBW clusters)
+            runs = [d for i, d in enumerate(devs) if i == 0 or devs[i - 1] != d]
+            if len(runs) > 3:
+                cbw += 1
+            self.assertLessEqual(len(runs), 3 + 2 * 3)
+            dev1 = [c for d, c in seq if d == 1]
+            if dev1 != sorted(dev1):
+                interleaved += 1
+            # the bulk of device 2 comes before the bulk of device 1, then device 0
+            med = {d: sorted(i for i, x in enumerate(devs) if x == d)[len(
+                [x for x in devs if x == d]) // 2] for d in (0, 1, 2)}
+            self.assertLess(med[2], med[1])
+            self.assertLess(med[1], med[0])
+        self.assertGreater(interleaved, 6)
+        self.assertGreater(cbw, 3)
+
+    def test_sequential_reverse(self):
+        vm = F.make_vm(0, devices=[("a", 3 * 65536), ("b", 65536)])
+        self.assertEqual(F.archive_order(vm, 0, "sequential"), [(0, 0), (0, 1), (0, 2), (1, 0)])
+        self.assertEqual(F.archive_order(vm, 0, "reverse"), [(1, 0), (0, 2), (0, 1), (0, 0)])
+        self.assertEqual(F.archive_order(vm, 0, "sequential", dev_ids=[5, 2]),
+                         [(1, 0), (0, 0), (0, 1), (0, 2)])
+        with self.assertRaises(ValueError):
+            F.archive_order(vm, 0, "bogus")
+
+    def test_tail_garbage(self):
+        vm = vm_for(0)
+        size = vm.devices[1].size               # drive-scsi0, not a 4K multiple
+        self.assertNotEqual(size % 4096, 0)
+        last_cl = (size - 1) // 65536
+        last_bit = ((size - 1) % 65536) // 4096
+        tail = []
+        for tg in (False, True):
+            data = F.write_archive(vm, None, seed=1, tail_garbage=tg)
+            lay = F.parse_layout(data)
+            ei, si, mask, pos = lay.locate(2, last_cl)
+            self.assertTrue(mask >> last_bit & 1)
+            self.assertEqual(mask >> (last_bit + 1), 0)
+            k = popcount(mask & ((1 << last_bit) - 1))
+            blk = data[pos + k * 4096:pos + (k + 1) * 4096]
+            inside = size % 4096
+            self.assertEqual(blk[:inside], bytes(vm.disks[1][size - inside:]))
+            tail.append(blk[inside:])
+            F.assert_same_content(self, data, vm)
+        self.assertEqual(tail[0], bytes(len(tail[0])))
+        self.assertNotEqual(tail[1], bytes(len(tail[1])))
+
+    def test_stored_zero_blocks(self):
+        vm = vm_for(1)
+        data = F.write_archive(vm, None, seed=1, stored_zero_blocks=True)
+        lay = F.parse_layout(data)
+        zero_stored = 0
+        for e in lay.extents:
+            for b in range(e.block_count):
+                o = e.data_offset + b * 4096
+                if data[o:o + 4096] == bytes(4096):
+                    zero_stored += 1
+        self.assertGreater(zero_stored, 0)
+        F.assert_same_content(self, data, vm)
+
+    def test_empty_extents(self):
+        vm = vm_for(1)
+        data = F.write_archive(vm, None, seed=1, empty_extents=True)
+        lay = F.parse_layout(data)
+        empties = [e for e in lay.extents if not e.slots]
+        self.assertGreater(len(empties), 0)
+        self.assertTrue(all(e.block_count == 0 for e in empties))
+
+    def test_canonical(self):
+        vm = vm_for(7)
+        data = F.canonical_archive(vm)
+        lay = F.parse_layout(data)
+        self.assertEqual(lay.uuid, F.CANONICAL_UUID)
+        self.assertEqual(F.VMA_UUID_STR(lay.uuid), "12345678-aabb-ccdd-eeff-aabbccddeeff")
+        seq = [(d, c) for _, _, _, d, c, _ in lay.entries()]
+        self.assertEqual(seq, sorted(seq))
+        for e in lay.extents:
+            self.assertEqual(len({d for _, d, _ in e.slots}), 1)
+            self.assertLessEqual(len(e.slots), 59)
+        self.assertEqual(len(lay.extents), sum(-(-F._nclusters(d.size) // 59) for d in vm.devices))
+        F.assert_same_content(self, data, vm)
+        empty = F.canonical_archive(F.make_vm(1, devices=[]))
+        self.assertEqual(len(empty), F.parse_layout(empty).header_size + 512)
+
+    def test_speed(self):
+        vm = vm_for(0)
+        t = time.perf_counter()
+        for order in ORDERS:
+            F.write_archive(vm, None, seed=3, order=order)
+        self.assertLess((time.perf_counter() - t) / 4, 0.1)
+
+
+class Broken(unittest.TestCase):
+    def test_omit(self):
+        vm = vm_for(0)
+        # a data cluster and an all-zero cluster (mask 0)
+        for order in ORDERS:
+            for cl in (0, 1, F._nclusters(vm.devices[2].size) - 1):
+                data = F.write_archive(vm, None, seed=2, order=order, omit=[(2, cl)])
+                with self.assertRaisesRegex(ValueError, "missing cluster %d of device drive-scsi1"
+                                            % cl):
+                    F.restore(data)
+                configs, disks = F.restore(data, allow_missing=True)
+                self.assertEqual(configs, vm.configs)
+        with self.assertRaises(ValueError):
+            F.write_archive(vm, None, omit=[(0, 999)])
+
+    def test_duplicate(self):
+        vm = vm_for(0)
+        for order in ORDERS:
+            for item in ((0, 0), (1, 1), (2, 3)):
+                data = F.write_archive(vm, None, seed=2, order=order, duplicate=[item])
+                with self.assertRaisesRegex(ValueError, "duplicate cluster %d" % item[1]):
+                    F.restore(data)
+                lay = F.parse_layout(data)
+                n = sum(1 for _, _, _, d, c, _ in lay.entries()
+                        if (d, c) == (item[0] + 1, item[1]))
+                self.assertEqual(n, 2)
+
+    def corrupt(self, fn, regex, fix_md5=True, index=0, data=None):
+        data = bytearray(data if data is not None else F.write_archive(vm_for(1), None, seed=3))
+        F.rewrite_extent_header(data, index, fn, fix_md5=fix_md5)
+        with self.assertRaisesRegex(ValueError, regex):
+            F.restore(bytes(data))
+        return data
+
+    def test_extent_corruptions(self):
+        def setf(key, value):
+            def fn(d):
+                d[key] = value
+            return fn
+
+        self.corrupt(setf("magic", b"VMAX"), "extent magic")
+        self.corrupt(setf("reserved1", 1), "reserved")
+        self.corrupt(setf("uuid", bytes(16)), "uuid")
+        self.corrupt(lambda d: None, "extent checksum", fix_md5=False,
+                     data=self._bad_md5())
+        self.corrupt(lambda d: d.update(block_count=d["block_count"] - 1), "block count")
+
+        def unknown(d):
+            m, _, c = d["slots"][0]
+            d["slots"][0] = (m, 77, c)
+        self.corrupt(unknown, "unknown device")
+
+        def beyond(d):
+            m, dev, c = d["slots"][0]
+            d["slots"][0] = (m, dev, 100000)
+        self.corrupt(beyond, "beyond")
+
+        def raw(d):
+            b = bytearray(F._encode_extent_header(d))
+            b[0:4] = b"XXXX"
+            return bytes(b)
+        self.corrupt(raw, "extent magic")
+
+    def _bad_md5(self):
+        data = bytearray(F.write_archive(vm_for(1), None, seed=3))
+        off = F.parse_layout(data).extents[0].offset
+        data[off + 24] ^= 1
+        return data
+
+    def test_rewrite_roundtrip(self):
+        data = bytearray(F.write_archive(vm_for(1), None, seed=3))
+        orig = bytes(data)
+        off = F.rewrite_extent_header(data, 1, lambda d: d)
+        self.assertEqual(off, F.parse_layout(orig).extents[1].offset)
+        self.assertEqual(bytes(data), orig)
+        F.fix_extent_md5(data, off)
+        self.assertEqual(bytes(data), orig)
+
+    def test_header_corruptions(self):
+        data = F.write_archive(vm_for(1), None, seed=3)
+        cases = [
+            (0, b"XMA\0", False, "not a VMA"),
+            (4, struct.pack(">I", 2), True, "version"),
+            (56, struct.pack(">I", 12288), True, "header size"),
+            (56, struct.pack(">I", 1 << 30), False, "truncated"),
+            (52, struct.pack(">I", 1 << 20), True, "blob"),
+            (48, struct.pack(">I", 100), True, "blob"),
+            (100, b"\1", False, "header checksum"),
+        ]
+        for off, repl, fix, regex in cases:
+            with self.subTest(regex=regex, off=off):
+                d = bytearray(data)
+                d[off:off + len(repl)] = repl
+                if fix:
+                    F.fix_header_md5(d)
+                with self.assertRaisesRegex(ValueError, regex):
+                    F.restore(bytes(d))
+        # config pointer to a non-chain position
+        d = bytearray(data)
+        struct.pack_into(">I", d, 3068, 5)
+        F.fix_header_md5(d)
+        self.assertRaisesRegex(ValueError, "config", F.restore, bytes(d))
+
+    def test_truncation_and_trailing(self):
+        data = F.write_archive(vm_for(1), None, seed=3)
+        lay = F.parse_layout(data)
+        for n in (100, 12288, lay.header_size - 1, lay.header_size + 100,
+                  lay.extents[1].offset + 600, len(data) - 1):
+            with self.assertRaisesRegex(ValueError, "truncated"):
+                F.restore(data[:n])
+        with self.assertRaisesRegex(ValueError, "truncated"):
+            F.restore(data + bytes(100))
+        with self.assertRaisesRegex(ValueError, "checksum"):
+            F.restore(data + bytes(512))
+        # header only: devices declared, no extents
+        with self.assertRaisesRegex(ValueError, "missing cluster 0"):
+            F.restore(data[:lay.header_size])
+
+    def test_block_past_end(self):
+        vm = vm_for(0)
+        data = bytearray(F.write_archive(vm, None, seed=3, order="sequential"))
+        lay = F.parse_layout(data)
+        last = F._nclusters(vm.devices[0].size) - 1          # efidisk: 8.25 clusters
+        ei, si, mask, pos = lay.locate(1, last)
+
+        def fn(d):
+            m, dev, c = d["slots"][si]
+            d["slots"][si] = (m | 0x8000, dev, c)
+            d["block_count"] += 1
+        F.rewrite_extent_header(data, ei, fn)
+        with self.assertRaisesRegex(ValueError, "beyond"):
+            F.restore(bytes(data))
+
+    def test_vmstate_out_of_order(self):
+        vm = F.make_vm(2, devices=[("vmstate", 4 * 65536)])
+        data = bytearray(F.write_archive(vm, None, order="sequential"))
+
+        def fn(d):
+            s = d["slots"]
+            s[0], s[1] = s[1], s[0]
+        F.rewrite_extent_header(data, 0, fn)
+        with self.assertRaisesRegex(ValueError, "vmstate"):
+            F.restore(bytes(data))
+
+
+class VMModel(support.TempDir, unittest.TestCase):
+    def test_default_vm(self):
+        vm = F.make_vm(0)
+        names = [d.name for d in vm.devices]
+        self.assertEqual(names, ["drive-efidisk0", "drive-scsi0", "drive-scsi1"])
+        self.assertEqual(vm.devices[0].size, 540672)
+        self.assertEqual(vm.dev_ids, [1, 2, 3])
+        for dev, disk in zip(vm.devices, vm.disks):
+            self.assertEqual(len(disk), dev.size)
+            self.assertEqual(dev.size % 512, 0)
+        self.assertNotEqual(vm.devices[1].size % 4096, 0)
+        self.assertEqual([n for n, _ in vm.configs], ["qemu-server.conf", "qemu-server.fw"])
+        conf = vm.configs[0][1].decode()
+        for n in names:
+            self.assertIn("#qmdump#map:%s:%s:local-lvm:raw:" % (n[6:], n), conf)
+        self.assertIsInstance(vm.ctime, int)
+        # content mix
+        kinds = set()
+        for disk in vm.disks:
+            for o in range(0, len(disk), 65536):
+                cl = bytes(disk[o:o + 65536])
+                blocks = [cl[i:i + 4096] for i in range(0, len(cl), 4096)]
+                nz = sum(1 for b in blocks if any(b))
+                kinds.add("zero" if nz == 0 else "full" if nz == len(blocks) else "partial")
+        self.assertEqual(kinds, {"zero", "full", "partial"})
+
+    def test_fill(self):
+        z = F.make_vm(0, fill=0.0)
+        self.assertTrue(all(not any(d) for d in z.disks))
+        full = F.make_vm(0, fill=1.0)
+        zero_clusters = sum(1 for d in full.disks for o in range(0, len(d), 65536)
+                            if not any(d[o:o + 65536]))
+        self.assertEqual(zero_clusters, 0)
+
+    def test_mutate(self):
+        vm = F.make_vm(3)
+        m = F.mutate_vm(vm, 1, fraction=0.02)
+        self.assertEqual(m.configs, vm.configs)
+        self.assertEqual(m.ctime, vm.ctime)
+        self.assertEqual(m.devices, vm.devices)
+        changed = 0
+        total = 0
+        for a, b in zip(vm.disks, m.disks):
+            for o in range(0, len(a), 4096):
+                total += 1
+                if a[o:o + 4096] != b[o:o + 4096]:
+                    changed += 1
+        self.assertGreater(changed, 0.01 * total)
+        self.assertLess(changed, 0.03 * total)
+        self.assertIsNot(m.disks[0], vm.disks[0])
+        self.assertIsNone(F.contents_diff(vm, F.make_vm(3)))   # original untouched
+        m2 = F.mutate_vm(vm, 1, ctime=5, configs=[("qemu-server.conf", b"x")])
+        self.assertEqual(m2.ctime, 5)
+        self.assertEqual(m2.configs, [("qemu-server.conf", b"x")])
+        F.assert_same_content(self, F.write_archive(m, None, seed=1), m)
+
+    def test_mutate_file_backed(self):
+        t = self
+        os.mkdir(t.tmp_path("a"))
+        os.mkdir(t.tmp_path("b"))
+        vm = F.make_vm(3, directory=t.tmp_path("a"))
+        m = F.mutate_vm(vm, 1, directory=t.tmp_path("b"))
+        self.assertIsNone(F.contents_diff(m, F.mutate_vm(F.make_vm(3), 1)))
+        self.assertIsNone(F.contents_diff(vm, F.make_vm(3)))
+        with self.assertRaises(ValueError):
+            F.mutate_vm(vm, 1)
+
+    def test_contents_diff(self):
+        vm = F.make_vm(0)
+        c, d = vm.contents()
+        self.assertIsNone(F.contents_diff(vm, (c, d)))
+        d2 = dict(d)
+        b = bytearray(d2["drive-scsi0"])
+        b[70000] ^= 1
+        d2["drive-scsi0"] = bytes(b)
+        msg = F.contents_diff(vm, (c, d2))
+        self.assertIn("drive-scsi0", msg)
+        self.assertIn("70000", msg)
+        self.assertIn("configs", F.contents_diff(vm, (c[:1], d)))
+
+
+class Support(support.TempDir, unittest.TestCase):
+    def fake(self, code, out=b"", err=b""):
+        return subprocess.CompletedProcess([sys.executable, support.TOOL, "info", "x"], code,
+                                           out, err)
+
+    def test_assert_clean_error(self):
+        ok = self.fake(1, err=b"vma-tool: error: offset 5: bad extent magic\n")
+        support.assert_clean_error(self, ok, "extent magic", code=1)
+        bad = [
+            self.fake(0, err=b"vma-tool: error: x\n"),
+            self.fake(2, err=b"vma-tool: error: x\n"),
+            self.fake(1, err=b"vma-tool: error: a\nvma-tool: error: b\n"),
+            self.fake(1, err=b"Traceback (most recent call last):\nvma-tool: error: x\n"),
+            self.fake(1, err=b"error: x\n"),
+        ]
+        for r in bad:
+            with self.assertRaises(AssertionError):
+                support.assert_clean_error(self, r, code=1)
+        with self.assertRaises(AssertionError):
+            support.assert_clean_error(self, ok, "checksum")
+        multi = subprocess.CompletedProcess([sys.executable, support.TOOL, "verify", "x"], 1, b"",
+                                            b"vma-tool: error: a\nvma-tool: error: b\n")
+        support.assert_clean_error(self, multi, "a")
+
+    def test_tempdir_and_run_tool(self):
+        self.assertTrue(os.path.isdir(self.tmp))
+        script = self.tmp_path("fake-tool")
+        with open(script, "w") as f:
+            f.write("import os, sys\nsys.stdout.write(repr(sys.argv[1:]) + os.getcwd())\n"
+                    "sys.stderr.write(os.environ.get('FOO', '-') + sys.stdin.read())\n")
+        saved = support.TOOL
+        support.TOOL = script
+        try:
+            r = support.run_tool("a", 3, input=b"in", env={"FOO": "bar"}, cwd=self.tmp)
+        finally:
+            support.TOOL = saved
+        self.assertEqual(r.returncode, 0)
+        out = r.stdout.decode()
+        self.assertTrue(out.startswith("['a', '3']"), out)
+        self.assertEqual(os.path.realpath(out[len("['a', '3']"):]), os.path.realpath(self.tmp))
+        self.assertEqual(r.stderr, b"barin")
+
+
+if __name__ == "__main__":
+    unittest.main()

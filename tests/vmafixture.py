@@ -1,0 +1,1082 @@
+"""Seeded VMA fixture writer and strict reference reader (test oracle).
+
+An independent implementation of the Proxmox VMA format written from
+../shared/vma-format.md.  It never imports vma-tool.  Stdlib only, Python 3.9+.
+
+Main API (as in the team spec, devspec/SPEC.md "tests/vmafixture.py"):
+
+    make_vm(seed, devices=None, configs=None, ctime=None, fill=0.5, directory=None) -> VM
+    mutate_vm(vm, seed, fraction=0.01, configs=None, ctime=None, directory=None) -> VM
+    write_archive(vm, dest=None, seed=0, order="proxmox", per_extent=58, uuid=None,
+                  empty_extents=False, stored_zero_blocks=False, tail_garbage=False,
+                  dev_ids=None, omit=(), duplicate=(), device_break=False, chunk=16) -> int | bytes
+    restore(path_or_bytes, allow_missing=False) -> (configs [(name, bytes)], {device name: bytes})
+                              (devices > 256 MiB come back as bytearray to avoid a copy)
+    parse_layout(data) -> Layout
+    rewrite_extent_header(data, extent_index, fn, fix_md5=True) -> offset of the extent
+    fix_header_md5(data), fix_extent_md5(data, offset)
+
+Extra helpers (beyond the spec):
+
+    Disk                      namedtuple (name, size); VM.devices holds these (they compare equal to tuples)
+    VM.contents()             (configs, {name: bytes}) in the same shape restore() returns
+    VM.copy()                 deep copy (in-memory disks are copied)
+    canonical_archive(vm, dest=None)
+                              the canonical form of SPEC.md ("optimize"/"pack" output): fixed uuid
+                              CANONICAL_UUID, sequential order, 59 clusters per extent, new extent at
+                              each device, header + one empty extent when diskless.
+    CANONICAL_UUID            bytes of 12345678-aabb-ccdd-eeff-aabbccddeeff
+    contents_diff(expected, actual) -> None or a short text naming the first difference
+                              (expected/actual: VM or (configs, disks) tuples)
+    assert_same_content(testcase, archive_or_contents, vm)
+                              restore() (if given an archive) and compare with vm, short failure text
+    build_header(ctime, configs, devices, uuid) -> bytes
+                              main header; devices = [(dev_id, name, size)]
+    archive_order(vm, seed=0, order="proxmox", dev_ids=None, chunk=16) -> [(dev_index, cluster)]
+    VMA_UUID_STR(uuid_bytes)  textual uuid
+    Layout.entries(), Layout.locate(dev_id, cluster)
+                              iterate used slots with their data offsets / find one cluster
+
+VM disks may be bytearrays (default) or file paths (make_vm(..., directory=D) writes
+D/disk-<name>.raw); write_archive streams file-backed disks with bounded memory.
+"""
+
+import collections
+import hashlib
+import io
+import os
+import random
+import struct
+import uuid as _uuidmod
+
+BLOCK = 4096
+CLUSTER = 65536
+BLOCKS_PER_CLUSTER = 16
+EXTENT_HEADER = 512
+SLOTS = 59
+FIXED_HEADER = 12288
+MAX_BLOCKS = SLOTS * BLOCKS_PER_CLUSTER  # 944
+
+MAGIC = b"VMA\0"
+EXTENT_MAGIC = b"VMAE"
+CANONICAL_UUID = bytes.fromhex("12345678aabbccddeeffaabbccddeeff")
+
+BIG_DEVICE = 256 << 20   # restore() returns bytearray instead of bytes above this size
+ZERO_CLUSTER = bytes(CLUSTER)
+ZERO_BLOCK = bytes(BLOCK)
+
+_HDR = struct.Struct(">4sI16sq16sIII")
+_DEVINFO = struct.Struct(">IIQQQ")
+_EXT = struct.Struct(">4sHH16s16s")
+_INFO = struct.Struct(">Q")
+
+Disk = collections.namedtuple("Disk", "name size")
+
+
+def _md5(data):
+    return hashlib.md5(data, usedforsecurity=False)
+
+
+def VMA_UUID_STR(b):
+    return str(_uuidmod.UUID(bytes=bytes(b)))
+
+
+def _rng(seed, tag):
+    return random.Random("%r:%s" % (seed, tag))
+
+
+def _nclusters(size):
+    return (size + CLUSTER - 1) // CLUSTER
+
+
+# ---------------------------------------------------------------------------------------------
+# VM model
+
+
+class VM:
+    """A virtual machine: ctime, configs [(name, bytes)], devices [Disk(name, size)],
+    disks [bytearray or file path] (exact device size) and dev_ids [1..n]."""
+
+    def __init__(self, ctime, configs, devices, disks, dev_ids=None):
+        self.ctime = int(ctime)
+        self.configs = [(str(n), bytes(d)) for n, d in configs]
+        self.devices = [Disk(str(n), int(s)) for n, s in devices]
+        self.disks = list(disks)
+        self.dev_ids = list(dev_ids) if dev_ids is not None else list(range(1, len(self.devices) + 1))
+        if len(self.disks) != len(self.devices) or len(self.dev_ids) != len(self.devices):
+            raise ValueError("devices, disks and dev_ids differ in length")
+
+    def copy(self):
+        disks = [bytearray(d) if isinstance(d, (bytes, bytearray)) else d for d in self.disks]
+        return VM(self.ctime, self.configs, self.devices, disks, self.dev_ids)
+
+    def disk_bytes(self, index):
+        d = self.disks[index]
+        if isinstance(d, (bytes, bytearray, memoryview)):
+            return bytes(d)
+        with open(d, "rb") as f:
+            return f.read()
+
+    def contents(self):
+        return (list(self.configs), {dev.name: self.disk_bytes(i) for i, dev in enumerate(self.devices)})
+
+    def __repr__(self):
+        return "VM(ctime=%d, configs=%r, devices=%r, dev_ids=%r)" % (
+            self.ctime, [n for n, _ in self.configs], self.devices, self.dev_ids)
+
+
+DEFAULT_DEVICES = (
+    ("drive-efidisk0", 540672),          # 8.25 clusters, 4K aligned
+    ("drive-scsi0", 3 * 1048576 + 36352),  # 512-aligned, straddling last 4K block
+    ("drive-scsi1", 1048576 + 40960),    # 4K aligned, not 64K aligned
+)
+
+
+def _size_text(size):
+    for unit, mult in (("G", 1 << 30), ("M", 1 << 20)):
+        if size % mult == 0:
+            return "%d%s" % (size // mult, unit)
+    return "%dK" % ((size + 1023) // 1024)
+
+
+def _map_key(name):
+    key = name[6:] if name.startswith("drive-") else name
+    if key.endswith("-backup"):
+        key = key[:-7]
+    return key
+
+
+def default_configs(seed, devices):
+    rng = _rng(seed, "configs")
+    mac = ":".join("%02X" % b for b in [0xBC, 0x24, 0x11] + [rng.randrange(256) for _ in range(3)])
+    lines = [
+        "agent: 1",
+        "boot: order=scsi0;net0",
+        "cores: %d" % rng.choice((1, 2, 4)),
+        "cpu: x86-64-v2-AES",
+        "memory: %d" % rng.choice((1024, 2048, 4096)),
+        "meta: creation-qemu=8.1.2,ctime=%d" % (1600000000 + rng.randrange(10 ** 8)),
+        "name: fixture-vm-%s" % (seed,),
+        "net0: virtio=%s,bridge=vmbr0,firewall=1" % mac,
+        "numa: 0",
+        "ostype: l26",
+        "scsihw: virtio-scsi-single",
+        "smbios1: uuid=%s" % _uuidmod.UUID(int=rng.getrandbits(128), version=4),
+        "sockets: 1",
+        "vmgenid: %s" % _uuidmod.UUID(int=rng.getrandbits(128), version=4),
+    ]
+    disk_lines = []
+    for i, (name, size) in enumerate(devices):
+        key = _map_key(name)
+        extra = ",efitype=4m,pre-enrolled-keys=1" if key.startswith("efidisk") else ",iothread=1"
+        disk_lines.append("%s: local-lvm:vm-100-disk-%d%s,size=%s" % (key, i, extra, _size_text(size)))
+    lines = sorted(lines + disk_lines)
+    for name, size in devices:
+        lines.append("#qmdump#map:%s:%s:local-lvm:raw:" % (_map_key(name), name))
+    conf = ("\n".join(lines) + "\n").encode()
+    fw = b"[OPTIONS]\n\nenable: 1\n\n[RULES]\n\nIN ACCEPT -p tcp -dport 22 -log nolog\n"
+    return [("qemu-server.conf", conf), ("qemu-server.fw", fw)]
+
+
+def _nonzero_randbytes(rng, n):
+    b = bytearray(rng.randbytes(n))
+    if not any(b):
+        b[0] = 1
+    return bytes(b)
+
+
+def _sparse_cluster(rng, clen, force_last=False):
+    nblk = (clen + BLOCK - 1) // BLOCK
+    flags = [rng.random() < 0.5 for _ in range(nblk)]
+    if nblk >= 2:
+        flags[rng.randrange(nblk)] = True
+        k = rng.randrange(nblk)
+        if force_last and k == nblk - 1:
+            k = 0
+        flags[k] = False
+    else:
+        flags[0] = True
+    if force_last:
+        flags[-1] = True
+    out = bytearray(nblk * BLOCK)
+    for i, f in enumerate(flags):
+        if not f:
+            continue
+        o = i * BLOCK
+        kind = rng.random()
+        if kind < 0.6:
+            out[o:o + BLOCK] = _nonzero_randbytes(rng, BLOCK)
+        else:  # partly used block: a few non-zero bytes somewhere (at least one inside the device)
+            lim = min(BLOCK, clen - o)
+            ln = rng.randint(1, 64)
+            st = rng.randrange(max(1, lim - ln + 1))
+            piece = _nonzero_randbytes(rng, ln)
+            out[o + st:o + st + ln] = piece
+            if not any(out[o:o + lim]):
+                out[o] = 0xA5
+    if force_last:
+        # the last block must be non-zero inside the device
+        o = (nblk - 1) * BLOCK
+        if not any(out[o:clen]):
+            out[o] = 0x5A
+    del out[clen:]
+    return bytes(out)
+
+
+def _gen_device(rng, size, fill):
+    """Yield the clusters of one device (the last one cut at the device end)."""
+    ncl = _nclusters(size)
+    recent = []
+    for c in range(ncl):
+        clen = min(CLUSTER, size - c * CLUSTER)
+        last = c == ncl - 1
+        if fill <= 0:
+            kind = "zero"
+        elif last:
+            kind = "sparse_last"
+        elif c == 0:
+            kind = "random"
+        elif c == 1 and ncl >= 4 and fill < 1:
+            kind = "zero"
+        elif c == 2 and ncl >= 4:
+            kind = "sparse"
+        elif rng.random() >= fill:
+            kind = "zero"
+        else:
+            r = rng.random()
+            if r < 0.40:
+                kind = "random"
+            elif r < 0.65:
+                kind = "sparse"
+            elif r < 0.80:
+                kind = "pattern"
+            elif r < 0.90:
+                kind = "byte"
+            else:
+                kind = "copy" if recent else "random"
+        if kind == "zero":
+            data = bytes(clen)
+        elif kind == "random":
+            data = rng.randbytes(clen)
+            if clen <= BLOCK and not any(data):
+                data = b"\x01" + data[1:]
+        elif kind == "sparse":
+            data = _sparse_cluster(rng, clen)
+        elif kind == "sparse_last":
+            data = _sparse_cluster(rng, clen, force_last=True)
+        elif kind == "pattern":
+            pat = _nonzero_randbytes(rng, rng.randint(1, 600))
+            data = (pat * (CLUSTER // len(pat) + 1))[:clen]
+        elif kind == "byte":
+            data = bytes([rng.randint(1, 255)]) * clen
+        else:
+            data = rng.choice(recent)[:clen]
+        if kind != "zero" and clen == CLUSTER:
+            recent.append(data)
+            if len(recent) > 8:
+                recent.pop(0)
+        yield data
+
+
+def make_vm(seed, devices=None, configs=None, ctime=None, fill=0.5, directory=None):
+    """Build a seeded VM.  devices: [(name, size)] in dev_id order (dev_ids 1..n).
+    directory: if given, disks are written to directory/disk-<name>.raw (bounded memory) and
+    VM.disks holds the paths."""
+    if devices is None:
+        devices = DEFAULT_DEVICES
+    devices = [(str(n), int(s)) for n, s in devices]
+    if ctime is None:
+        ctime = 1600000000 + _rng(seed, "ctime").randrange(200000000)
+    if configs is None:
+        configs = default_configs(seed, devices)
+    disks = []
+    for i, (name, size) in enumerate(devices):
+        rng = _rng(seed, "disk%d:%s" % (i, name))
+        if directory is None:
+            buf = bytearray()
+            for data in _gen_device(rng, size, fill):
+                buf += data
+            disks.append(buf)
+        else:
+            path = os.path.join(os.fspath(directory), "disk-%s.raw" % name)
+            with open(path, "wb") as f:
+                pending = []
+                plen = 0
+                for data in _gen_device(rng, size, fill):
+                    pending.append(data)
+                    plen += len(data)
+                    if plen >= (4 << 20):
+                        f.write(b"".join(pending))
+                        pending, plen = [], 0
+                f.write(b"".join(pending))
+            disks.append(path)
+    return VM(ctime, configs, devices, disks)
+
+
+def mutate_vm(vm, seed, fraction=0.01, configs=None, ctime=None, directory=None):
+    """Return a "one day later" copy of vm: about fraction of the 4K blocks rewritten, mostly in a
+    few hot regions; some blocks freed (zeroed), some newly filled.  File-backed disks need
+    directory (copies are written there)."""
+    rng = _rng(seed, "mutate")
+    nblocks = [(s + BLOCK - 1) // BLOCK for _, s in vm.devices]
+    total = sum(nblocks)
+    chosen = set()
+    if total:
+        k = max(1, int(round(fraction * total)))
+        k = min(k, total)
+        regions = []
+        for di, nb in enumerate(nblocks):
+            if nb == 0:
+                continue
+            for _ in range(rng.randint(1, 3)):
+                ln = max(1, min(nb, int(k * rng.uniform(0.3, 1.5)) + 1))
+                regions.append((di, rng.randrange(max(1, nb - ln + 1)), ln))
+        weights = [nb for nb in nblocks]
+        attempts = 0
+        while len(chosen) < k and attempts < 20 * k + 100:
+            attempts += 1
+            if regions and rng.random() < 0.8:
+                di, st, ln = rng.choice(regions)
+                chosen.add((di, st + rng.randrange(ln)))
+            else:
+                di = rng.choices(range(len(nblocks)), weights=weights)[0]
+                chosen.add((di, rng.randrange(nblocks[di])))
+    new = vm.copy()
+    if configs is not None:
+        new.configs = [(str(n), bytes(d)) for n, d in configs]
+    if ctime is not None:
+        new.ctime = int(ctime)
+    handles = {}
+    try:
+        for i, d in enumerate(new.disks):
+            if not isinstance(d, (bytes, bytearray)):
+                if directory is None:
+                    raise ValueError("mutate_vm: file-backed disks need directory=")
+                path = os.path.join(os.fspath(directory), "disk-%s.raw" % new.devices[i].name)
+                if os.path.abspath(path) == os.path.abspath(os.fspath(d)):
+                    raise ValueError("mutate_vm: directory would overwrite the source disk")
+                with open(d, "rb") as src, open(path, "wb") as dst:
+                    while True:
+                        piece = src.read(1 << 22)
+                        if not piece:
+                            break
+                        dst.write(piece)
+                new.disks[i] = path
+                handles[i] = open(path, "r+b")
+        for di, blk in sorted(chosen):
+            size = vm.devices[di].size
+            off = blk * BLOCK
+            ln = min(BLOCK, size - off)
+            r = rng.random()
+            if r < 0.15:
+                data = bytes(ln)                                   # freed
+            elif r < 0.80:
+                data = _nonzero_randbytes(rng, ln)                 # rewritten / newly filled
+            elif r < 0.90:
+                pat = _nonzero_randbytes(rng, rng.randint(1, 64))
+                data = (pat * (BLOCK // len(pat) + 1))[:ln]
+            else:                                                  # a few bytes tweaked
+                if di in handles:
+                    handles[di].seek(off)
+                    cur = bytearray(handles[di].read(ln))
+                else:
+                    cur = bytearray(new.disks[di][off:off + ln])
+                for _ in range(rng.randint(1, 8)):
+                    cur[rng.randrange(ln)] = rng.randint(1, 255)
+                data = bytes(cur)
+            if di in handles:
+                handles[di].seek(off)
+                handles[di].write(data)
+            else:
+                new.disks[di][off:off + ln] = data
+    finally:
+        for h in handles.values():
+            h.close()
+    return new
+
+
+# ---------------------------------------------------------------------------------------------
+# Writer
+
+
+def build_header(ctime, configs, devices, uuid):
+    """Main header bytes.  configs [(name, bytes)] in slot order; devices [(dev_id, name, size)].
+    Blob layout per vma-format.md 2.4: config name + data in order, then device names by dev_id."""
+    configs = list(configs)
+    if len(configs) > 256:
+        raise ValueError("too many configs")
+    area = bytearray()
+    state = {"cap": 0, "pos": 1}
+
+    def alloc(payload):
+        ln = len(payload)
+        if ln > 65535:
+            raise ValueError("blob too large (%d bytes)" % ln)
+        pos = state["pos"]
+        if state["cap"] < pos + ln + 2:
+            state["cap"] += -(-(ln + 2) // 512) * 512
+        while state["cap"] < pos + ln + 2:   # Proxmox quirk (first blob of 510, 1022.. bytes) fixed
+            state["cap"] += 512
+        if len(area) < pos:
+            area.extend(bytes(pos - len(area)))
+        area[pos:pos] = bytes([ln & 0xFF, ln >> 8]) + bytes(payload)
+        state["pos"] = pos + ln + 2
+        return pos
+
+    cfg_ptrs = []
+    for name, data in configs:
+        n = alloc(name.encode("utf-8") + b"\0")
+        d = alloc(data)
+        cfg_ptrs.append((n, d))
+    dev_ptrs = {}
+    for dev_id, name, size in sorted(devices, key=lambda x: x[0]):
+        if not 1 <= dev_id <= 255:
+            raise ValueError("bad dev_id %r" % (dev_id,))
+        if dev_id in dev_ptrs:
+            raise ValueError("duplicate dev_id %r" % (dev_id,))
+        dev_ptrs[dev_id] = (alloc(name.encode("utf-8") + b"\0"), size)
+    cap = state["cap"]
+    if cap == 0:
+        cap = 512
+    pos = state["pos"]
+    hdr = bytearray(FIXED_HEADER + cap)
+    _HDR.pack_into(hdr, 0, MAGIC, 1, bytes(uuid), int(ctime), bytes(16), FIXED_HEADER, pos,
+                   FIXED_HEADER + cap)
+    for i, (n, d) in enumerate(cfg_ptrs):
+        struct.pack_into(">I", hdr, 2044 + 4 * i, n)
+        struct.pack_into(">I", hdr, 3068 + 4 * i, d)
+    for dev_id, (ptr, size) in dev_ptrs.items():
+        _DEVINFO.pack_into(hdr, 4096 + 32 * dev_id, ptr, 0, size, 0, 0)
+    hdr[FIXED_HEADER:FIXED_HEADER + len(area)] = area
+    hdr[32:48] = _md5(hdr).digest()
+    return bytes(hdr)
+
+
+def _proxmox_order(rng, devs, chunk):
+    """devs: [(dev_index, dev_id, nclusters)].  Devices one after another, highest dev_id first;
+    within a device chunks of `chunk` clusters processed by up to 16 workers, interleaved cluster
+    by cluster; then a few copy-before-write clusters moved earlier."""
+    seq = []
+    for di, _did, n in sorted(devs, key=lambda d: -d[1]):
+        workers = rng.choice((1, 4, 8, 16, 16, 16))
+        starts = list(range(0, n, chunk))
+        nxt = 0
+        active = []
+        while active or nxt < len(starts):
+            while len(active) < workers and nxt < len(starts):
+                s = starts[nxt]
+                active.append([s, min(s + chunk, n)])
+                nxt += 1
+            k = rng.randrange(len(active))
+            ch = active[k]
+            seq.append((di, ch[0]))
+            ch[0] += 1
+            if ch[0] >= ch[1]:
+                active.pop(k)
+    if len(seq) >= 4:
+        for _ in range(rng.randint(1, 3)):
+            p = rng.randrange(len(seq) // 2, len(seq))
+            item = seq.pop(p)
+            seq.insert(rng.randrange(0, p), item)
+    return seq
+
+
+def archive_order(vm, seed=0, order="proxmox", dev_ids=None, chunk=16):
+    """The (dev_index, cluster) emission order write_archive uses (before omit/duplicate)."""
+    ids = list(dev_ids) if dev_ids is not None else list(vm.dev_ids)
+    devs = [(i, ids[i], _nclusters(dev.size)) for i, dev in enumerate(vm.devices)]
+    rng = _rng(seed, "order")
+    if order == "proxmox":
+        seq = _proxmox_order(rng, devs, chunk)
+    elif order in ("sequential", "reverse", "random"):
+        seq = [(di, c) for di, _did, n in sorted(devs, key=lambda d: d[1]) for c in range(n)]
+        if order == "reverse":
+            seq.reverse()
+        elif order == "random":
+            rng.shuffle(seq)
+    else:
+        raise ValueError("unknown order %r" % (order,))
+    return seq
+
+
+class _DiskReader:
+    def __init__(self, disk, size):
+        self.size = size
+        if isinstance(disk, (bytes, bytearray, memoryview)):
+            if len(disk) != size:
+                raise ValueError("disk length %d != device size %d" % (len(disk), size))
+            self.buf = disk
+            self.f = None
+        else:
+            self.buf = None
+            self.f = open(disk, "rb")
+            self.pos = 0
+
+    def cluster(self, c):
+        off = c * CLUSTER
+        if self.buf is not None:
+            return self.buf[off:off + CLUSTER]
+        if self.pos != off:
+            self.f.seek(off)
+        data = self.f.read(CLUSTER)
+        self.pos = off + len(data)
+        want = min(CLUSTER, self.size - off)
+        if len(data) != want:
+            raise ValueError("disk file shorter than the device size")
+        return data
+
+    def close(self):
+        if self.f is not None:
+            self.f.close()
+
+
+def _extent_header(uuid, slots, block_count):
+    hdr = bytearray(EXTENT_HEADER)
+    _EXT.pack_into(hdr, 0, EXTENT_MAGIC, 0, block_count, uuid, bytes(16))
+    for i, (mask, dev_id, cluster) in enumerate(slots):
+        _INFO.pack_into(hdr, 40 + 8 * i, (mask << 48) | (dev_id << 32) | cluster)
+    hdr[24:40] = _md5(hdr).digest()
+    return hdr
+
+
+def write_archive(vm, dest=None, seed=0, order="proxmox", per_extent=58, uuid=None,
+                  empty_extents=False, stored_zero_blocks=False, tail_garbage=False, dev_ids=None,
+                  omit=(), duplicate=(), device_break=False, chunk=16):
+    """Write vm as a VMA archive like Proxmox does.  dest: path, binary file object or None.
+    Returns the number of bytes written, or the archive bytes when dest is None.
+
+    Extra options: device_break=True starts a new extent whenever the device changes (canonical
+    form); chunk = clusters per block-copy chunk in "proxmox" order (16; 64 with fleecing)."""
+    ids = list(dev_ids) if dev_ids is not None else list(vm.dev_ids)
+    if len(ids) != len(vm.devices) or len(set(ids)) != len(ids):
+        raise ValueError("dev_ids must be unique, one per device")
+    if per_extent != "random" and not (isinstance(per_extent, int) and 1 <= per_extent <= SLOTS):
+        raise ValueError("per_extent must be 1..59 or 'random'")
+    if uuid is None:
+        u = _uuidmod.UUID(int=_rng(seed, "uuid").getrandbits(128), version=4)
+        uuid = u.bytes
+    elif isinstance(uuid, str):
+        uuid = _uuidmod.UUID(uuid).bytes
+    uuid = bytes(uuid)
+    if len(uuid) != 16:
+        raise ValueError("uuid must be 16 bytes")
+    header = build_header(vm.ctime, vm.configs,
+                          [(ids[i], d.name, d.size) for i, d in enumerate(vm.devices)], uuid)
+
+    seq = archive_order(vm, seed, order, ids, chunk)
+    omit = set((int(a), int(b)) for a, b in omit)
+    for di, c in omit:
+        if not (0 <= di < len(vm.devices) and 0 <= c < _nclusters(vm.devices[di].size)):
+            raise ValueError("omit: no cluster %d on device index %d" % (c, di))
+    if omit:
+        seq = [x for x in seq if x not in omit]
+    for item in duplicate:
+        item = (int(item[0]), int(item[1]))
+        if not (0 <= item[0] < len(vm.devices) and 0 <= item[1] < _nclusters(vm.devices[item[0]].size)):
+            raise ValueError("duplicate: no cluster %d on device index %d" % (item[1], item[0]))
+        drng = _rng(seed, "dup%r" % (item,))
+        try:
+            p = seq.index(item)
+        except ValueError:
+            p = -1
+        seq.insert(drng.randint(p + 1, len(seq)), item)
+    # vmstate clusters must appear in sequential order
+    for di, dev in enumerate(vm.devices):
+        if dev.name == "vmstate":
+            pos = [i for i, x in enumerate(seq) if x[0] == di]
+            cl = sorted(seq[i][1] for i in pos)
+            for i, c in zip(pos, cl):
+                seq[i] = (di, c)
+
+    # cut into extents
+    erng = _rng(seed, "extents")
+    extents = []
+    cur = []
+    limit = erng.randint(1, SLOTS) if per_extent == "random" else per_extent
+    for item in seq:
+        if cur and (len(cur) >= limit or (device_break and cur[-1][0] != item[0])):
+            extents.append(cur)
+            cur = []
+            limit = erng.randint(1, SLOTS) if per_extent == "random" else per_extent
+        cur.append(item)
+    if cur:
+        extents.append(cur)
+    if not vm.devices and not extents:
+        extents.append([])          # diskless: header + one empty extent (like vma create)
+    if empty_extents:
+        xrng = _rng(seed, "empty")
+        nins = max(1, len(extents) // 8)
+        for _ in range(nins):
+            extents.insert(xrng.randint(0, len(extents)), [])
+        if len(extents) >= 3 and xrng.random() < 0.5:
+            extents.append([])
+
+    zrng = _rng(seed, "storedzero")
+    grng = _rng(seed, "garbage")
+    forced_zero = [not stored_zero_blocks]   # first candidate zero block is always stored
+    readers = [_DiskReader(vm.disks[i], d.size) for i, d in enumerate(vm.devices)]
+    garbage = {}
+    for di, d in enumerate(vm.devices):
+        if tail_garbage and d.size % BLOCK:
+            garbage[di] = bytes(grng.randint(1, 255) for _ in range(BLOCK - d.size % BLOCK))
+
+    own = False
+    out_list = None
+    if dest is None:
+        out_list = []
+        write = out_list.append
+    elif hasattr(dest, "write"):
+        write = dest.write
+    else:
+        f = open(dest, "wb")
+        own = True
+        write = f.write
+    total = 0
+    try:
+        write(header)
+        total += len(header)
+        for ext in extents:
+            slots = []
+            pieces = []
+            nblk = 0
+            for di, c in ext:
+                rd = readers[di]
+                size = rd.size
+                off = c * CLUSTER
+                data = rd.cluster(c)
+                nvalid = min(BLOCKS_PER_CLUSTER, (size - off + BLOCK - 1) // BLOCK)
+                if len(data) < CLUSTER:
+                    data = bytes(data) + bytes(CLUSTER - len(data))
+                    if di in garbage:
+                        g = garbage[di]
+                        rel = size - off
+                        data = data[:rel] + g + data[rel + len(g):]
+                if not stored_zero_blocks and data == ZERO_CLUSTER:
+                    mask = 0
+                elif nvalid == BLOCKS_PER_CLUSTER and not stored_zero_blocks and \
+                        ZERO_BLOCK not in _block_probe(data):
+                    mask = 0xFFFF
+                    pieces.append(data)
+                    nblk += 16
+                else:
+                    mask = 0
+                    for i in range(nvalid):
+                        blk = data[i * BLOCK:(i + 1) * BLOCK]
+                        store = blk != ZERO_BLOCK
+                        if not store and stored_zero_blocks:
+                            if not forced_zero[0]:
+                                forced_zero[0] = True
+                                store = True
+                            else:
+                                store = zrng.random() < 0.3
+                        if store:
+                            mask |= 1 << i
+                            pieces.append(blk)
+                            nblk += 1
+                slots.append((mask, ids[di], c))
+            write(_extent_header(uuid, slots, nblk))
+            write(b"".join(pieces))
+            total += EXTENT_HEADER + nblk * BLOCK
+    finally:
+        for rd in readers:
+            rd.close()
+        if own:
+            f.close()
+    if out_list is not None:
+        return b"".join(out_list)
+    return total
+
+
+def _block_probe(data):
+    """The 16 blocks of a full cluster (helper for the all-blocks-non-zero fast path)."""
+    return [data[i:i + BLOCK] for i in range(0, CLUSTER, BLOCK)]
+
+
+def canonical_archive(vm, dest=None):
+    """The canonical form (SPEC.md): CANONICAL_UUID, ascending dev_id / cluster order, 59 clusters
+    per extent, new extent at each device, zero blocks never stored, tail zeroed."""
+    return write_archive(vm, dest, order="sequential", per_extent=59, uuid=CANONICAL_UUID,
+                         device_break=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict reader (oracle)
+
+
+def _load(src):
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return bytes(src)
+    if hasattr(src, "read"):
+        return src.read()
+    with open(src, "rb") as f:
+        return f.read()
+
+
+class _Header:
+    pass
+
+
+def _parse_header(data, strict=True):
+    """Parse the main header.  strict: raise ValueError like Proxmox's reader."""
+    h = _Header()
+    n = len(data)
+    if n < 4 or data[:4] != MAGIC:
+        if strict:
+            raise ValueError("not a VMA archive (bad main magic)")
+    if n < FIXED_HEADER:
+        raise ValueError("truncated main header (%d bytes, need %d)" % (n, FIXED_HEADER))
+    (h.magic, h.version, h.uuid, h.ctime, h.md5, h.blob_offset, h.blob_size,
+     h.header_size) = _HDR.unpack_from(data, 0)
+    if strict:
+        if h.header_size <= FIXED_HEADER:
+            raise ValueError("bad header size %d" % h.header_size)
+        if h.header_size > n:
+            raise ValueError("truncated main header (header size %d, file %d bytes)"
+                             % (h.header_size, n))
+        tmp = bytearray(data[:h.header_size])
+        tmp[32:48] = bytes(16)
+        if _md5(tmp).digest() != h.md5:
+            raise ValueError("wrong header checksum (md5)")
+        if h.version != 1:
+            raise ValueError("unsupported version %d" % h.version)
+        if h.blob_offset + 1 <= FIXED_HEADER:
+            raise ValueError("bad blob buffer offset %d" % h.blob_offset)
+        if h.blob_offset + h.blob_size > h.header_size:
+            raise ValueError("bad blob buffer size %d/%d" % (h.blob_size, h.header_size))
+    hs = min(h.header_size, n)
+    blobs = {}
+    start = h.blob_offset + 1
+    end = min(h.blob_offset + h.blob_size, hs)
+    while start + 2 <= end:
+        ln = data[start] | (data[start + 1] << 8)
+        if start + ln + 2 <= end:
+            blobs[start - h.blob_offset] = bytes(data[start + 2:start + 2 + ln])
+        start += ln + 2
+    h.blobs = blobs
+
+    def string(ptr):
+        b = blobs.get(ptr)
+        if b is None or not b or b[-1] != 0:
+            return None
+        return b.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+    h.devices = {}
+    for dev_id in range(1, 256):
+        ptr, _r, size, _r1, _r2 = _DEVINFO.unpack_from(data, 4096 + 32 * dev_id)
+        if size == 0:
+            continue
+        name = string(ptr)
+        if name is None:
+            continue
+        h.devices[dev_id] = (name, size)
+    h.configs = []
+    for i in range(256):
+        np_, = struct.unpack_from(">I", data, 2044 + 4 * i)
+        dp, = struct.unpack_from(">I", data, 3068 + 4 * i)
+        if not (np_ and dp):
+            continue
+        name = string(np_)
+        blob = blobs.get(dp)
+        if name is None or blob is None:
+            if strict:
+                raise ValueError("invalid config data pointers (config slot %d)" % i)
+            continue
+        h.configs.append((name, blob))
+    return h
+
+
+def restore(src, allow_missing=False):
+    """Strict reader like Proxmox `vma extract` (plus stricter checks: cluster numbers must be
+    < ceil(size/65536), dev_ids must be declared).  Returns (configs, {device name: bytes}).
+    Raises ValueError with a message naming the problem (and the offset where meaningful)."""
+    data = _load(src)
+    n = len(data)
+    h = _parse_header(data, strict=True)
+    devs = {}
+    names = set()
+    for dev_id, (name, size) in h.devices.items():
+        if name in names:
+            raise ValueError("duplicate device name %r" % name)
+        names.add(name)
+        devs[dev_id] = [name, size, bytearray(size), bytearray(_nclusters(size)), 0]
+    off = h.header_size
+    mv = memoryview(data)
+    while off < n:
+        if n - off < EXTENT_HEADER:
+            raise ValueError("truncated extent header at offset %d (%d bytes)" % (off, n - off))
+        eh = bytearray(data[off:off + EXTENT_HEADER])
+        magic, res1, bc, euuid, emd5 = _EXT.unpack_from(eh, 0)
+        eh[24:40] = bytes(16)
+        if _md5(eh).digest() != emd5:
+            raise ValueError("wrong extent checksum (md5) at offset %d" % off)
+        if euuid != h.uuid:
+            raise ValueError("extent uuid differs from the header uuid at offset %d" % off)
+        if magic != EXTENT_MAGIC:
+            raise ValueError("bad extent magic at offset %d" % off)
+        if res1 != 0:
+            raise ValueError("reserved extent field is %d at offset %d" % (res1, off))
+        if bc > MAX_BLOCKS:
+            raise ValueError("block count %d too large at offset %d" % (bc, off))
+        dstart = off + EXTENT_HEADER
+        if dstart + bc * BLOCK > n:
+            raise ValueError("truncated extent at offset %d (need %d bytes, have %d)"
+                             % (off, EXTENT_HEADER + bc * BLOCK, n - off))
+        used = 0
+        for i in range(SLOTS):
+            info, = _INFO.unpack_from(eh, 40 + 8 * i)
+            dev_id = (info >> 32) & 0xFF
+            if dev_id == 0:
+                continue
+            mask = info >> 48
+            cl = info & 0xFFFFFFFF
+            d = devs.get(dev_id)
+            if d is None:
+                raise ValueError("unknown device id %d in extent at offset %d" % (dev_id, off))
+            name, size, buf, seen, vmcount = d
+            if cl >= len(seen):
+                raise ValueError("cluster %d beyond the end of device %s (extent at offset %d)"
+                                 % (cl, name, off))
+            if seen[cl]:
+                raise ValueError("duplicate cluster %d of device %s (extent at offset %d)"
+                                 % (cl, name, off))
+            if name == "vmstate":
+                if cl != vmcount:
+                    raise ValueError("vmstate cluster %d out of order (expected %d)" % (cl, vmcount))
+                d[4] = vmcount + 1
+            seen[cl] = 1
+            base = cl * CLUSTER
+            if mask == 0xFFFF and base + CLUSTER <= size:
+                if used + 16 > bc:
+                    raise ValueError("block count %d too small at offset %d" % (bc, off))
+                p = dstart + used * BLOCK
+                buf[base:base + CLUSTER] = mv[p:p + CLUSTER]
+                used += 16
+                continue
+            for b in range(16):
+                if not (mask >> b) & 1:
+                    continue
+                boff = base + b * BLOCK
+                if boff >= size:
+                    raise ValueError("block %d of cluster %d beyond the end of device %s "
+                                     "(extent at offset %d)" % (b, cl, name, off))
+                if used >= bc:
+                    raise ValueError("block count %d too small at offset %d" % (bc, off))
+                p = dstart + used * BLOCK
+                ln = min(BLOCK, size - boff)
+                buf[boff:boff + ln] = mv[p:p + ln]
+                used += 1
+        if used != bc:
+            raise ValueError("block count %d but the slots use %d blocks (extent at offset %d)"
+                             % (bc, used, off))
+        off = dstart + bc * BLOCK
+    disks = {}
+    for dev_id in sorted(devs):
+        name, size, buf, seen, _ = devs[dev_id]
+        miss = seen.find(0)
+        if miss >= 0 and not allow_missing:
+            raise ValueError("missing cluster %d of device %s" % (miss, name))
+        if size <= BIG_DEVICE:
+            disks[name] = bytes(buf)
+            del buf[:]
+        else:
+            disks[name] = buf       # avoid a second copy of a huge device (compares like bytes)
+    return list(h.configs), disks
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout inspection and corruption helpers
+
+
+class Extent:
+    """One extent: offset, block_count, slots [(mask, dev_id, cluster)] (the 59 entries with
+    trailing all-zero entries trimmed; dev_id 0 entries before the last used one are kept),
+    magic, reserved1, uuid, md5, data_offset, end."""
+
+    def __init__(self, offset, block_count, slots, magic, reserved1, uuid, md5, raw):
+        self.offset = offset
+        self.block_count = block_count
+        self.slots = slots
+        self.magic = magic
+        self.reserved1 = reserved1
+        self.uuid = uuid
+        self.md5 = md5
+        self.raw = raw
+        self.data_offset = offset + EXTENT_HEADER
+        self.end = offset + EXTENT_HEADER + block_count * BLOCK
+
+    def __repr__(self):
+        return "Extent(offset=%d, block_count=%d, slots=%d)" % (
+            self.offset, self.block_count, len(self.slots))
+
+
+class Layout:
+    """parse_layout() result: header_size, uuid, ctime, version, blob_offset, blob_size,
+    configs [(name, bytes)], devices {dev_id: (name, size)}, extents [Extent], end (end of the
+    last complete extent), size (file length)."""
+
+    def entries(self):
+        """Yield (extent_index, slot_index, mask, dev_id, cluster, data_offset) for every used
+        slot (dev_id != 0); data_offset = file offset of the slot's first stored block."""
+        for ei, ext in enumerate(self.extents):
+            pos = ext.data_offset
+            for si, (mask, dev_id, cl) in enumerate(ext.slots):
+                if dev_id == 0:
+                    continue
+                yield ei, si, mask, dev_id, cl, pos
+                pos += bin(mask).count("1") * BLOCK
+
+    def locate(self, dev_id, cluster):
+        """(extent_index, slot_index, mask, data_offset) of the first entry for that cluster,
+        or None."""
+        for ei, si, mask, d, c, pos in self.entries():
+            if d == dev_id and c == cluster:
+                return ei, si, mask, pos
+        return None
+
+    def __repr__(self):
+        return "Layout(header_size=%d, extents=%d, size=%d)" % (
+            self.header_size, len(self.extents), self.size)
+
+
+def parse_layout(data):
+    """Lenient parse (no checksum checks) of an archive's structure."""
+    data = _load(data) if not isinstance(data, (bytes, bytearray, memoryview)) else data
+    h = _parse_header(data, strict=False)
+    lay = Layout()
+    lay.header_size = h.header_size
+    lay.uuid = h.uuid
+    lay.ctime = h.ctime
+    lay.version = h.version
+    lay.md5 = h.md5
+    lay.blob_offset = h.blob_offset
+    lay.blob_size = h.blob_size
+    lay.configs = h.configs
+    lay.devices = h.devices
+    lay.size = len(data)
+    lay.extents = []
+    off = h.header_size
+    n = len(data)
+    while off + EXTENT_HEADER <= n:
+        raw = bytes(data[off:off + EXTENT_HEADER])
+        magic, res1, bc, euuid, emd5 = _EXT.unpack_from(raw, 0)
+        entries = [_INFO.unpack_from(raw, 40 + 8 * i)[0] for i in range(SLOTS)]
+        while entries and entries[-1] == 0:
+            entries.pop()
+        slots = [(e >> 48, (e >> 32) & 0xFF, e & 0xFFFFFFFF) for e in entries]
+        ext = Extent(off, bc, slots, magic, res1, euuid, emd5, raw)
+        if ext.end > n:
+            break
+        lay.extents.append(ext)
+        off = ext.end
+    lay.end = off
+    return lay
+
+
+def fix_header_md5(data):
+    """Recompute the main header MD5 in place (over header_size bytes, clamped to the data)."""
+    hs, = struct.unpack_from(">I", data, 56)
+    hs = min(hs, len(data))
+    data[32:48] = bytes(16)
+    data[32:48] = _md5(bytes(data[:hs])).digest()
+
+
+def fix_extent_md5(data, offset):
+    """Recompute the MD5 of the extent header at offset, in place."""
+    data[offset + 24:offset + 40] = bytes(16)
+    data[offset + 24:offset + 40] = _md5(bytes(data[offset:offset + EXTENT_HEADER])).digest()
+
+
+def _decode_extent_header(raw):
+    magic, res1, bc, euuid, emd5 = _EXT.unpack_from(raw, 0)
+    slots = []
+    sres = []
+    for i in range(SLOTS):
+        e, = _INFO.unpack_from(raw, 40 + 8 * i)
+        slots.append((e >> 48, (e >> 32) & 0xFF, e & 0xFFFFFFFF))
+        sres.append((e >> 40) & 0xFF)
+    return {"magic": magic, "reserved1": res1, "block_count": bc, "uuid": euuid, "md5": emd5,
+            "slots": slots, "slot_reserved": sres}
+
+
+def _encode_extent_header(d):
+    raw = bytearray(EXTENT_HEADER)
+    _EXT.pack_into(raw, 0, bytes(d["magic"]), d["reserved1"], d["block_count"], bytes(d["uuid"]),
+                   bytes(d["md5"]))
+    slots = list(d["slots"])
+    if len(slots) > SLOTS:
+        raise ValueError("more than 59 slots")
+    sres = list(d.get("slot_reserved") or [])
+    for i, (mask, dev_id, cl) in enumerate(slots):
+        r = sres[i] if i < len(sres) else 0
+        _INFO.pack_into(raw, 40 + 8 * i, (mask << 48) | (r << 40) | (dev_id << 32) | cl)
+    return raw
+
+
+def rewrite_extent_header(data, extent_index, fn, fix_md5=True):
+    """Rewrite the header of extent number extent_index (per parse_layout) in the bytearray data.
+    fn gets a dict {magic, reserved1, block_count, uuid, md5, slots: 59 (mask, dev_id, cluster),
+    slot_reserved: 59 ints}; it may modify it in place (return None), return a dict, or return
+    512 raw bytes.  The extent MD5 is recomputed unless fix_md5=False.  Returns the offset."""
+    lay = parse_layout(data)
+    off = lay.extents[extent_index].offset
+    d = _decode_extent_header(bytes(data[off:off + EXTENT_HEADER]))
+    res = fn(d)
+    if res is None:
+        res = d
+    if isinstance(res, dict):
+        raw = _encode_extent_header(res)
+    else:
+        raw = bytes(res)
+        if len(raw) != EXTENT_HEADER:
+            raise ValueError("raw extent header must be 512 bytes")
+    data[off:off + EXTENT_HEADER] = raw
+    if fix_md5:
+        fix_extent_md5(data, off)
+    return off
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparison helpers
+
+
+def _as_contents(x):
+    if isinstance(x, VM):
+        return x.contents()
+    return x
+
+
+def contents_diff(expected, actual):
+    """None if equal, else a short description of the first difference."""
+    ec, ed = _as_contents(expected)
+    ac, ad = _as_contents(actual)
+    if list(ec) != list(ac):
+        return "configs differ: expected %r, got %r" % (
+            [(n, len(d)) for n, d in ec], [(n, len(d)) for n, d in ac])
+    if sorted(ed) != sorted(ad):
+        return "device names differ: expected %r, got %r" % (sorted(ed), sorted(ad))
+    for name in sorted(ed):
+        a, b = ed[name], ad[name]
+        if len(a) != len(b):
+            return "device %s: size %d expected, got %d" % (name, len(a), len(b))
+        if a != b:
+            for o in range(0, len(a), CLUSTER):
+                if a[o:o + CLUSTER] != b[o:o + CLUSTER]:
+                    for p in range(o, min(o + CLUSTER, len(a))):
+                        if a[p] != b[p]:
+                            return "device %s: first difference at byte %d (cluster %d, block %d)" % (
+                                name, p, p // CLUSTER, (p % CLUSTER) // BLOCK)
+    return None
+
+
+def assert_same_content(testcase, archive, vm, allow_missing=False):
+    """restore(archive) (bytes/path; or an already restored (configs, disks) tuple) must equal vm."""
+    if isinstance(archive, tuple):
+        got = archive
+    else:
+        try:
+            got = restore(archive, allow_missing=allow_missing)
+        except ValueError as e:
+            testcase.fail("restore failed: %s" % e)
+    diff = contents_diff(vm, got)
+    if diff:
+        testcase.fail(diff)
