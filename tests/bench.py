@@ -42,13 +42,11 @@ import sys
 import tempfile
 import time
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(TESTS_DIR)
-sys.path.insert(0, TESTS_DIR)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import vmafixture  # noqa: E402
+from support import TOOL, parse_size  # noqa: E402
 
-TOOL = os.path.abspath(os.environ.get("VMA_TOOL") or os.path.join(REPO, "vma-tool"))
 PY = sys.executable
 
 MiB = 1 << 20
@@ -70,16 +68,6 @@ with open(res, "w") as f:
     json.dump({"rc": rc, "sec": t,
                "rss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}, f)
 """
-
-
-def parse_size(text):
-    t = text.strip().upper().replace("IB", "").rstrip("B")
-    mult = 1
-    for suffix, m in (("K", 1 << 10), ("M", MiB), ("G", GiB), ("T", TiB)):
-        if t.endswith(suffix):
-            t, mult = t[:-1], m
-            break
-    return int(float(t) * mult)
 
 
 def human(n):

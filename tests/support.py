@@ -14,6 +14,15 @@
     TempDir               mixin: self.tmp is a fresh directory per test (created on first use,
                           removed afterwards); self.tmp_path(*parts) joins under it.
     load_tool_module()    import vma-tool as a module (cached; name "vma_tool").
+    cached(key, fn)       fn() computed once per process for key (keys are shared by all modules).
+    fixture_vm(seed), fixture_archive(seed)
+                          cached vmafixture.make_vm(seed) / its archive (write_archive, same seed).
+    first_diff(a, b)      offset of the first differing byte (len of the shorter if one is a prefix).
+    write_unpacked_dir(vm, path)
+                          the directory unpack produces (and pack reads): <config>, disk-<device>.raw.
+    parse_size(text)      "512M", "2G", "1.5GiB", "4096" -> bytes (benchmarks' size variables).
+    ScratchCase           TestCase base: self.tmp made in setUp (prefix TMP_PREFIX), path(), put(),
+                          read(), assertOk(result).
 """
 
 import importlib.machinery
@@ -24,6 +33,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import unittest
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS_DIR)
@@ -142,3 +152,87 @@ def load_tool_module():
             raise
         _TOOL_MODULE = mod
     return _TOOL_MODULE
+
+
+_CACHE = {}
+
+
+def cached(key, fn):
+    """fn() once per process for key; the store is shared, so keys must be unique across modules."""
+    if key not in _CACHE:
+        _CACHE[key] = fn()
+    return _CACHE[key]
+
+
+def fixture_vm(seed):
+    """vmafixture.make_vm(seed), built once per seed."""
+    import vmafixture as fx
+    return cached(("fixture-vm", seed), lambda: fx.make_vm(seed))
+
+
+def fixture_archive(seed):
+    """bytes of vmafixture.write_archive(fixture_vm(seed), None, seed=seed), built once per seed."""
+    import vmafixture as fx
+    return cached(("fixture-archive", seed),
+                  lambda: bytes(fx.write_archive(fixture_vm(seed), None, seed=seed)))
+
+
+def first_diff(a, b):
+    """Offset of the first byte where a and b differ (min(len(a), len(b)) if one is a prefix)."""
+    n = min(len(a), len(b))
+    for off in range(0, n, 4096):
+        if a[off:off + 4096] != b[off:off + 4096]:
+            for i in range(off, min(off + 4096, n)):
+                if a[i] != b[i]:
+                    return i
+    return n
+
+
+def write_unpacked_dir(vm, path):
+    """The directory layout unpack produces (and pack reads): <config name>, disk-<device>.raw."""
+    os.makedirs(path)
+    for n, d in vm.configs:
+        with open(os.path.join(path, n), "wb") as f:
+            f.write(d)
+    for (n, size), d in zip(vm.devices, vm.disks):
+        with open(os.path.join(path, "disk-%s.raw" % n), "wb") as f:
+            f.write(d)
+
+
+def parse_size(text):
+    """A size like 512M, 2G, 1.5GiB, 64k or 4096 (bytes) as an int."""
+    t = text.strip().upper().replace("IB", "").rstrip("B")
+    mult = 1
+    for suffix, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
+        if t.endswith(suffix):
+            t, mult = t[:-1], m
+            break
+    return int(float(t) * mult)
+
+
+class ScratchCase(unittest.TestCase):
+    """Base for command tests: self.tmp is a fresh directory per test (made in setUp, removed after)."""
+
+    TMP_PREFIX = "vmatest-"
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix=self.TMP_PREFIX)
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+
+    def path(self, *parts):
+        return os.path.join(self.tmp, *parts)
+
+    def put(self, name, data):
+        p = self.path(name)
+        with open(p, "wb") as f:
+            f.write(data)
+        return p
+
+    def read(self, p):
+        with open(p, "rb") as f:
+            return f.read()
+
+    def assertOk(self, r):
+        err = r.stderr.decode("utf-8", "replace")
+        self.assertNotIn("Traceback", err)
+        self.assertEqual(r.returncode, 0, "exit %d, stderr:\n%s" % (r.returncode, err))

@@ -1,9 +1,7 @@
 """Tests for `vma-tool cat SRC|- DEVICE` (one device's raw image on stdout, in order)."""
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -11,48 +9,21 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import vmafixture as fx  # noqa: E402
-from support import TOOL, run_tool, assert_clean_error  # noqa: E402
+from support import TOOL, run_tool, assert_clean_error, fixture_vm, fixture_archive, first_diff  # noqa: E402
+import support  # noqa: E402
 
 CLUSTER = 65536
 
-_CACHE = {}
-
-
-def cached(key, fn):
-    if key not in _CACHE:
-        _CACHE[key] = fn()
-    return _CACHE[key]
-
-
 def default_vm():
-    return cached("vm", lambda: fx.make_vm(6101))
+    return fixture_vm(6101)
 
 
 def default_archive():
-    return cached("arch", lambda: bytes(fx.write_archive(default_vm(), None, seed=6101)))
+    return fixture_archive(6101)
 
 
-def first_diff(a, b):
-    n = min(len(a), len(b))
-    for off in range(0, n, CLUSTER):
-        if a[off:off + CLUSTER] != b[off:off + CLUSTER]:
-            for i in range(off, min(off + CLUSTER, n)):
-                if a[i] != b[i]:
-                    return i
-    return n
-
-
-class CatCase(unittest.TestCase):
-
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="vmatest-cat-")
-        self.addCleanup(shutil.rmtree, self.tmp, True)
-
-    def put(self, name, data):
-        p = os.path.join(self.tmp, name)
-        with open(p, "wb") as f:
-            f.write(data)
-        return p
+class CatCase(support.ScratchCase):
+    TMP_PREFIX = "vmatest-cat-"
 
     def assertImage(self, r, disk, what="image"):
         err = r.stderr.decode("utf-8", "replace")

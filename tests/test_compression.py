@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -19,7 +18,9 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import vmafixture as fx  # noqa: E402
-from support import run_tool, assert_clean_error  # noqa: E402
+from support import (run_tool, assert_clean_error, cached, fixture_vm, fixture_archive, first_diff,  # noqa: E402
+                     write_unpacked_dir)
+import support  # noqa: E402
 
 CLUSTER = 65536
 ZSTD = shutil.which("zstd")
@@ -61,64 +62,24 @@ def decompress(kind, data):
     return r.stdout
 
 
-_CACHE = {}
-
-
-def cached(key, fn):
-    if key not in _CACHE:
-        _CACHE[key] = fn()
-    return _CACHE[key]
-
-
 def default_vm():
-    return cached("vm", lambda: fx.make_vm(7101))
+    return fixture_vm(7101)
 
 
 def default_archive():
-    return cached("arch", lambda: bytes(fx.write_archive(default_vm(), None, seed=7101)))
+    return fixture_archive(7101)
 
 
 def canonical():
-    return cached("canon", lambda: bytes(fx.canonical_archive(default_vm())))
+    return cached(("test_compression", "canon"), lambda: bytes(fx.canonical_archive(default_vm())))
 
 
 def compressed_archive(kind):
-    return cached("c-" + kind, lambda: compress(kind, default_archive()))
+    return cached(("test_compression", "c-" + kind), lambda: compress(kind, default_archive()))
 
 
-def first_diff(a, b):
-    n = min(len(a), len(b))
-    for off in range(0, n, 4096):
-        if a[off:off + 4096] != b[off:off + 4096]:
-            for i in range(off, min(off + 4096, n)):
-                if a[i] != b[i]:
-                    return i
-    return n
-
-
-class CompressionCase(unittest.TestCase):
-
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="vmatest-compr-")
-        self.addCleanup(shutil.rmtree, self.tmp, True)
-
-    def path(self, *parts):
-        return os.path.join(self.tmp, *parts)
-
-    def put(self, name, data):
-        p = self.path(name)
-        with open(p, "wb") as f:
-            f.write(data)
-        return p
-
-    def read(self, p):
-        with open(p, "rb") as f:
-            return f.read()
-
-    def assertOk(self, r):
-        err = r.stderr.decode("utf-8", "replace")
-        self.assertNotIn("Traceback", err)
-        self.assertEqual(r.returncode, 0, "exit %d, stderr:\n%s" % (r.returncode, err))
+class CompressionCase(support.ScratchCase):
+    TMP_PREFIX = "vmatest-compr-"
 
     def assertSameBytes(self, got, exp, what):
         if got != exp:
@@ -301,14 +262,8 @@ class MissingProgramTests(CompressionCase):
 
     def test_lzop_missing_for_writing(self):
         d = self.path("d")
-        os.makedirs(d)
         vm = default_vm()
-        for name, data in vm.configs:
-            with open(os.path.join(d, name), "wb") as f:
-                f.write(data)
-        for (name, _s), disk in zip(vm.devices, vm.disks):
-            with open(os.path.join(d, "disk-%s.raw" % name), "wb") as f:
-                f.write(disk)
+        write_unpacked_dir(vm, d)
         dst = self.path("y.vma.lzo")
         self.check_missing("lzop", "pack", d, dst)
         self.assertFalse(os.path.exists(dst), "partial output left behind")
@@ -462,14 +417,8 @@ class RsyncableTests(FakeProgramCase):
 
     def test_pack_zst_rsyncable(self):
         d = self.path("d")
-        os.makedirs(d)
         vm = default_vm()
-        for name, data in vm.configs:
-            with open(os.path.join(d, name), "wb") as f:
-                f.write(data)
-        for (name, _s), disk in zip(vm.devices, vm.disks):
-            with open(os.path.join(d, "disk-%s.raw" % name), "wb") as f:
-                f.write(disk)
+        write_unpacked_dir(vm, d)
         dst = self.path("y.vma.zst")
         self.assertOk(run_tool("pack", "--ctime", str(vm.ctime), d, dst, env=self.env))
         self.assertEqual(decompress("zst", self.read(dst)), canonical())
@@ -490,14 +439,8 @@ class CompressedWriteTests(CompressionCase):
 
     def write_dir(self):
         d = self.path("d")
-        os.makedirs(d)
         vm = default_vm()
-        for name, data in vm.configs:
-            with open(os.path.join(d, name), "wb") as f:
-                f.write(data)
-        for (name, _s), disk in zip(vm.devices, vm.disks):
-            with open(os.path.join(d, "disk-%s.raw" % name), "wb") as f:
-                f.write(disk)
+        write_unpacked_dir(vm, d)
         return d
 
     def check_output(self, path, kind):

@@ -21,6 +21,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import fuzz  # noqa: E402
+from support import write_unpacked_dir  # noqa: E402
 
 MiB = 1 << 20
 SEED = int(os.environ.get("VMA_FAULT_SEED", "20240601"))
@@ -56,17 +57,6 @@ def tearDownModule():
 
 def vm_content(vm):
     return ([(n, bytes(d)) for n, d in vm.configs], {n: bytes(d) for (n, _), d in zip(vm.devices, vm.disks)})
-
-
-def write_unpacked_dir(vm, path):
-    """The directory layout unpack produces (and pack reads): <config name>, disk-<device>.raw."""
-    os.makedirs(path)
-    for n, d in vm.configs:
-        with open(os.path.join(path, n), "wb") as f:
-            f.write(d)
-    for (n, size), d in zip(vm.devices, vm.disks):
-        with open(os.path.join(path, "disk-%s.raw" % n), "wb") as f:
-            f.write(d)
 
 
 def tool_cmd(*args):

@@ -7,11 +7,9 @@ import datetime
 import os
 import random
 import resource
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
@@ -20,23 +18,16 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import vmafixture as fx  # noqa: E402
-from support import TOOL, run_tool, assert_clean_error  # noqa: E402
+from support import TOOL, run_tool, assert_clean_error, cached, fixture_vm, first_diff  # noqa: E402
+import support  # noqa: E402
 
 CLUSTER = 65536
 BLOCK = 4096
 GIB = 1 << 30
 
-_CACHE = {}
-
-
-def cached(key, fn):
-    if key not in _CACHE:
-        _CACHE[key] = fn()
-    return _CACHE[key]
-
 
 def default_vm():
-    return cached("vm", lambda: fx.make_vm(5101))
+    return fixture_vm(5101)
 
 
 def write_image(path, disk):
@@ -83,24 +74,8 @@ def expected_archive(vm, configs=None, order=None, ctime=None):
     return fx.canonical_archive(v)
 
 
-def first_diff(a, b):
-    n = min(len(a), len(b))
-    for off in range(0, n, 4096):
-        if a[off:off + 4096] != b[off:off + 4096]:
-            for i in range(off, min(off + 4096, n)):
-                if a[i] != b[i]:
-                    return i
-    return n
-
-
-class PackCase(unittest.TestCase):
-
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="vmatest-pack-")
-        self.addCleanup(shutil.rmtree, self.tmp, True)
-
-    def path(self, *parts):
-        return os.path.join(self.tmp, *parts)
+class PackCase(support.ScratchCase):
+    TMP_PREFIX = "vmatest-pack-"
 
     def put(self, name, data):
         p = self.path(name)
@@ -112,11 +87,6 @@ class PackCase(unittest.TestCase):
     def pack(self, *args, **kw):
         return run_tool("pack", *args, **kw)
 
-    def assertOk(self, r):
-        err = r.stderr.decode("utf-8", "replace")
-        self.assertNotIn("Traceback", err)
-        self.assertEqual(r.returncode, 0, "exit %d, stderr:\n%s" % (r.returncode, err))
-
     def assertArchiveEqual(self, got, expected, what="pack output"):
         if got != expected:
             lay_g = fx.parse_layout(got)
@@ -125,10 +95,6 @@ class PackCase(unittest.TestCase):
                       "offset %d; devices %r vs %r; configs %r vs %r" % (
                           what, len(got), len(expected), first_diff(got, expected), lay_g.devices,
                           lay_e.devices, [n for n, _ in lay_g.configs], [n for n, _ in lay_e.configs]))
-
-    def read(self, p):
-        with open(p, "rb") as f:
-            return f.read()
 
     def packed_conf(self, data):
         return dict(fx.parse_layout(data).configs)["qemu-server.conf"]
@@ -257,7 +223,7 @@ class PackDeviceOrderTests(PackCase):
     def vm(self):
         devs = [("drive-efidisk0", 540672), ("drive-scsi0", CLUSTER * 3 + 4096), ("drive-scsi1", CLUSTER * 2),
                 ("drive-virtio0", CLUSTER), ("drive-sata0", CLUSTER + 512)]
-        return cached("ordervm", lambda: fx.make_vm(5110, devices=devs, configs=[]))
+        return cached(("test_pack", "ordervm"), lambda: fx.make_vm(5110, devices=devs, configs=[]))
 
     def base_lines(self):
         return ["boot: order=scsi0", "cores: 2", "memory: 2048", "name: web", "ostype: l26",

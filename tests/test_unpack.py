@@ -7,12 +7,10 @@ import os
 import random
 import re
 import resource
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
@@ -21,28 +19,21 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import vmafixture as fx  # noqa: E402
-from support import TOOL, run_tool, assert_clean_error  # noqa: E402
+from support import TOOL, run_tool, assert_clean_error, fixture_vm, fixture_archive, first_diff  # noqa: E402
+import support  # noqa: E402
 
 CLUSTER = 65536
 BLOCK = 4096
 GIB = 1 << 30
 
-_CACHE = {}
-
-
-def cached(key, fn):
-    if key not in _CACHE:
-        _CACHE[key] = fn()
-    return _CACHE[key]
-
 
 def default_vm():
     """Default small VM: efidisk0 540672 bytes, scsi0 ~3 MiB odd size, scsi1 ~1 MiB."""
-    return cached("vm", lambda: fx.make_vm(4101))
+    return fixture_vm(4101)
 
 
 def default_archive():
-    return cached("arch", lambda: bytes(fx.write_archive(default_vm(), None, seed=4101)))
+    return fixture_archive(4101)
 
 
 def small_conf(devices):
@@ -76,17 +67,6 @@ def expected_files(vm, devices=None, configs=True, zero_clusters=None):
     return out
 
 
-def first_diff(a, b):
-    n = min(len(a), len(b))
-    step = 65536
-    for off in range(0, n, step):
-        if a[off:off + step] != b[off:off + step]:
-            for i in range(off, min(off + step, n)):
-                if a[i] != b[i]:
-                    return i
-    return n
-
-
 _RANGE = re.compile(r"(?<![\w-])(\d+)\s*(?:-|\.\.|to)\s*(\d+)(?!\w)")
 _NUMBER = re.compile(r"(?<![\w-])(\d+)(?!\w)")
 
@@ -109,32 +89,15 @@ def nonzero_blocks(data):
     return n
 
 
-class UnpackCase(unittest.TestCase):
+class UnpackCase(support.ScratchCase):
     maxDiff = 2000
-
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="vmatest-unpack-")
-        self.addCleanup(shutil.rmtree, self.tmp, True)
-
-    def path(self, *parts):
-        return os.path.join(self.tmp, *parts)
-
-    def put(self, name, data):
-        p = self.path(name)
-        with open(p, "wb") as f:
-            f.write(data)
-        return p
+    TMP_PREFIX = "vmatest-unpack-"
 
     def archive_file(self, data=None, name="x.vma"):
         return self.put(name, default_archive() if data is None else data)
 
     def unpack(self, *args, **kw):
         return run_tool("unpack", *args, **kw)
-
-    def assertOk(self, r):
-        err = r.stderr.decode("utf-8", "replace")
-        self.assertNotIn("Traceback", err)
-        self.assertEqual(r.returncode, 0, "exit %d, stderr:\n%s" % (r.returncode, err))
 
     def assertTree(self, d, expected):
         """d contains exactly the files of expected (regular files, exact content and size)."""
