@@ -936,5 +936,55 @@ class UpdateConfigTest(TmpMixin, unittest.TestCase):
         self.assertEqual(conf, CONF.replace(b"name: oldname\n", b"name: bar\n"))
 
 
+class ZeroBlockTest(TmpMixin, unittest.TestCase):
+    """optimize looks for all-zero 4 KiB blocks with one search per extent; runs of
+    zeros that straddle a block boundary are data and must be kept."""
+
+    def test_search_matches_brute_force(self):
+        tool = support.load_tool_module()
+        rnd = random.Random(5)
+        for case in range(300):
+            blocks = rnd.randint(1, 40)
+            length = blocks * BLOCK
+            buf = bytearray(rnd.getrandbits(8 * (length + 2 * BLOCK)).to_bytes(length + 2 * BLOCK, "little")
+                            .replace(b"\0", b"\x01"))
+            for _ in range(rnd.randint(0, 4)):      # zero runs anywhere, of any length
+                start = rnd.randrange(length + BLOCK)
+                run = rnd.choice((BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK, rnd.randrange(3 * BLOCK)))
+                end = min(start + run, len(buf))
+                buf[start:end] = bytes(end - start)
+            want = [buf[at:at + BLOCK] == ZERO_BLOCK for at in range(0, length, BLOCK)]
+            self.assertEqual(tool.zero_blocks(buf, length), want, "case %d" % case)
+
+    def test_straddling_zero_runs_kept_aligned_zero_blocks_dropped(self):
+        size = 3 * 59 * CLUSTER + 5 * BLOCK + 512    # three full extents, a short one, a straddling block
+        rnd = random.Random(9)
+        disk = bytearray(rnd.getrandbits(8 * size).to_bytes(size, "little").replace(b"\0", b"\x07"))
+        for cluster in range(0, size // CLUSTER, 3):
+            base = cluster * CLUSTER
+            disk[base + BLOCK - 100:base + 2 * BLOCK + 100] = bytes(BLOCK + 200)    # not aligned
+        for cluster in range(1, size // CLUSTER, 17):
+            base = cluster * CLUSTER + 5 * BLOCK
+            disk[base:base + BLOCK] = ZERO_BLOCK                                    # aligned
+        nearly_zero = bytearray(40 * CLUSTER)       # no zero block, but zero runs just under 4 KiB
+        nearly_zero[1000::4000] = b"\x01" * len(nearly_zero[1000::4000])
+        disk[59 * CLUSTER:99 * CLUSTER] = nearly_zero
+        devices = [("drive-scsi0", size)]
+        vm = vf.VM(1700000000, vf.default_configs(1, devices), devices, [disk])
+        want = canonical_for_vm(vm)
+        for quirks in (dict(), dict(stored_zero_blocks=True)):
+            src = vf.write_archive(vm, seed=3, order="random", **quirks)
+            self.assertSameBytes(self.optimize(src), want, "optimize output %r" % quirks)
+            unpacked = self.p("unpacked-%d" % len(quirks))
+            r = support.run_tool("unpack", "-q", self.p("in.vma"), unpacked)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertSameBytes(self.read(os.path.join(unpacked, "disk-drive-scsi0.raw")), bytes(disk),
+                                 "unpacked image %r" % quirks)
+        packed = self.p("packed.vma")
+        r = support.run_tool("pack", "-q", "--ctime", str(vm.ctime), unpacked, packed)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertSameBytes(self.read(packed), want, "pack output")
+
+
 if __name__ == "__main__":
     unittest.main()
