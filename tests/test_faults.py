@@ -527,5 +527,46 @@ class BrokenPipe(_Sandbox):
         self.check(["cat", self.fix["big"], "drive-scsi0"])
 
 
+class StalledReader(_Sandbox):
+    """`vma-tool ... - | less` and Ctrl-C while the reader does not read: the tool
+    must still stop promptly (not wait to flush into the full pipe)."""
+
+    def check(self, args):
+        before = listing(self.dir)
+        errf = tempfile.TemporaryFile(dir=self.dir)
+        p = subprocess.Popen(tool_cmd(*args), cwd=self.cwd, env=_env(self.tmp), stdout=subprocess.PIPE,
+                             stderr=errf, stdin=subprocess.DEVNULL, preexec_fn=_reset_sigint)
+        try:
+            time.sleep(1.5)                 # the pipe and every buffer fill up, then writes block
+            self.assertIsNone(p.poll(), "finished before the test could interrupt it")
+            p.send_signal(signal.SIGINT)
+            try:
+                rc = p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                rc = "hang"
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stdout.close()
+        errf.seek(0)
+        err = errf.read()
+        errf.close()
+        msg = self.details(args, rc, err)
+        self.assertEqual(rc, 130, msg)
+        self.assert_no_noise(err, msg)
+        self.assertEqual(fuzz.error_lines(err.decode("utf-8", "replace")), ["vma-tool: error: interrupted"], msg)
+        self.assert_nothing_new(before, msg)
+
+    def test_optimize_to_stalled_pipe(self):
+        self.check(["optimize", self.fix["big"], "-"])
+
+    def test_pack_to_stalled_pipe(self):
+        unpacked = os.path.join(self.dir, "unpacked")
+        r = subprocess.run(tool_cmd("unpack", "-q", self.fix["big"], unpacked), stderr=subprocess.PIPE)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.check(["pack", unpacked, "-"])
+
+
 if __name__ == "__main__":
     unittest.main()
