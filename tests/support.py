@@ -12,7 +12,8 @@
                           "Traceback" in stdout/stderr; every keyword (lowercase) is a substring of
                           stderr.lower().
     TempDir               mixin: self.tmp is a fresh directory per test (created on first use,
-                          removed afterwards); self.tmp_path(*parts) joins under it.
+                          removed afterwards; prefix TMP_PREFIX); self.tmp_path(*parts) joins
+                          under it; put(name, data) writes a file there, read(path) reads one.
     load_tool_module()    import vma-tool as a module (cached; name "vma_tool").
     cached(key, fn)       fn() computed once per process for key (keys are shared by all modules).
     fixture_vm(seed), fixture_archive(seed)
@@ -21,8 +22,7 @@
     write_unpacked_dir(vm, path)
                           the directory unpack produces (and pack reads): <config>, disk-<device>.raw.
     parse_size(text)      "512M", "2G", "1.5GiB", "4096" -> bytes (benchmarks' size variables).
-    ScratchCase           TestCase base: self.tmp made in setUp (prefix TMP_PREFIX), path(), put(),
-                          read(), assertOk(result).
+    ScratchCase           TestCase base: TempDir plus path() and assertOk(result).
 """
 
 import importlib.machinery
@@ -113,13 +113,16 @@ def _rmtree(path):
 
 
 class TempDir:
-    """Mixin for unittest.TestCase: self.tmp is a fresh temporary directory for each test."""
+    """Mixin for unittest.TestCase: self.tmp is a fresh temporary directory for each test
+    (made on first use, prefix TMP_PREFIX), with put() and read() of whole files."""
+
+    TMP_PREFIX = "vmatest-"
 
     @property
     def tmp(self):
         d = self.__dict__.get("_support_tmp")
         if d is None:
-            d = tempfile.mkdtemp(prefix="vmatest-")
+            d = tempfile.mkdtemp(prefix=self.TMP_PREFIX)
             self.__dict__["_support_tmp"] = d
             self.addCleanup(self._support_cleanup)
         return d
@@ -131,6 +134,16 @@ class TempDir:
 
     def tmp_path(self, *parts):
         return os.path.join(self.tmp, *parts)
+
+    def put(self, name, data):
+        p = self.tmp_path(name)
+        with open(p, "wb") as f:
+            f.write(data)
+        return p
+
+    def read(self, p):
+        with open(p, "rb") as f:
+            return f.read()
 
 
 _TOOL_MODULE = None
@@ -210,27 +223,11 @@ def parse_size(text):
     return int(float(t) * mult)
 
 
-class ScratchCase(unittest.TestCase):
-    """Base for command tests: self.tmp is a fresh directory per test (made in setUp, removed after)."""
-
-    TMP_PREFIX = "vmatest-"
-
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix=self.TMP_PREFIX)
-        self.addCleanup(shutil.rmtree, self.tmp, True)
+class ScratchCase(TempDir, unittest.TestCase):
+    """Base for command tests: TempDir with path() and assertOk()."""
 
     def path(self, *parts):
-        return os.path.join(self.tmp, *parts)
-
-    def put(self, name, data):
-        p = self.path(name)
-        with open(p, "wb") as f:
-            f.write(data)
-        return p
-
-    def read(self, p):
-        with open(p, "rb") as f:
-            return f.read()
+        return self.tmp_path(*parts)
 
     def assertOk(self, r):
         err = r.stderr.decode("utf-8", "replace")

@@ -561,6 +561,9 @@ class StalledReader(_Sandbox):
     def test_optimize_to_stalled_pipe(self):
         self.check(["optimize", self.fix["big"], "-"])
 
+    def test_cat_to_stalled_pipe(self):
+        self.check(["cat", self.fix["big"], "drive-scsi0"])
+
     def test_pack_to_stalled_pipe(self):
         unpacked = os.path.join(self.dir, "unpacked")
         r = subprocess.run(tool_cmd("unpack", "-q", self.fix["big"], unpacked), stderr=subprocess.PIPE)

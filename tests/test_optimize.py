@@ -143,16 +143,6 @@ def walk(data):
     return hs, exts
 
 
-def first_diff(a, b):
-    n = min(len(a), len(b))
-    for i in range(0, n, 4096):
-        if a[i:i + 4096] != b[i:i + 4096]:
-            for j in range(i, min(i + 4096, n)):
-                if a[j] != b[j]:
-                    return j
-    return n if len(a) != len(b) else -1
-
-
 def fill_nonzero(vm, seed, index):
     """Give device `index` deterministic non-zero content over its whole size."""
     rnd = random.Random(seed)
@@ -175,20 +165,10 @@ class TmpMixin(support.TempDir):
     def p(self, name):
         return self.tmp_path(name)
 
-    def put(self, name, data):
-        path = self.p(name)
-        with open(path, "wb") as f:
-            f.write(data)
-        return path
-
-    def read(self, path):
-        with open(path, "rb") as f:
-            return f.read()
-
     def assertSameBytes(self, got, want, what="output"):
         if got != want:
             self.fail("%s differs from expected: len %d vs %d, first difference at offset %d"
-                      % (what, len(got), len(want), first_diff(got, want)))
+                      % (what, len(got), len(want), support.first_diff(got, want)))
 
     def optimize(self, data, *opts, name="in.vma", out="out.vma"):
         src = self.put(name, data)
