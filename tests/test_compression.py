@@ -390,6 +390,37 @@ class FakeLzopTests(FakeProgramCase):
         self.assertSameBytes(data[len(MAGIC["lzo"]):], canonical(), "lzo output")
 
 
+FAILING_COMPRESSOR = """#!/bin/sh
+# reads a little, then fails like a compressor whose disk is full
+head -c 100000 >/dev/null
+echo "zstd: error: No space left on device" >&2
+exit 1
+"""
+
+
+class FailingCompressorTests(FakeProgramCase):
+    """The compressor dies while we write to it: one clear error naming it and its message
+    (not a silent 'broken pipe' exit), and no output file left behind."""
+
+    def setUp(self):
+        super().setUp()
+        self.install("zstd", FAILING_COMPRESSOR)
+
+    def check(self, args):
+        r = run_tool(*args, env=self.env)
+        assert_clean_error(self, r, "zstd", "no space left", code=3)
+        self.assertEqual([name for name in os.listdir(self.tmp) if "y.vma" in name], [],
+                         "output or temporary file left behind")
+
+    def test_optimize_to_zst(self):
+        self.check(["optimize", self.put("x.vma", default_archive()), self.path("y.vma.zst")])
+
+    def test_pack_to_zst(self):
+        d = self.path("unpacked")
+        self.assertOk(run_tool("unpack", "-q", self.put("x.vma", default_archive()), d))
+        self.check(["pack", d, self.path("y.vma.zst")])
+
+
 @unittest.skipUnless(ZSTD, "zstd program not installed")
 class RsyncableTests(FakeProgramCase):
     """Written .zst files are made with `zstd --rsyncable` (and gzip, if run as a program, with

@@ -121,7 +121,8 @@ class DiskFull(_Sandbox):
     nothing left under the final name, no temp file, source intact."""
     LIMIT = 1 * MiB
 
-    def run_full(self, args, final=None, source=None, source_sha=None):
+    def run_full(self, args, names, final=None, source=None, source_sha=None):
+        """names: the error line must name one of these (the file that could not be written)."""
         before = listing(self.dir)
         p = subprocess.run(tool_cmd(*args), cwd=self.cwd, env=_env(self.tmp), stdin=subprocess.DEVNULL,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120,
@@ -132,6 +133,7 @@ class DiskFull(_Sandbox):
         text = p.stderr.decode("utf-8", "replace")
         self.assertEqual(len(fuzz.error_lines(text)), 1, "want exactly one error line" + msg)
         self.assertTrue(any(w in text.lower() for w in FULL_WORDS), "message does not say the disk is full" + msg)
+        self.assertTrue(any(name in text for name in names), "message does not name the file" + msg)
         if final:
             if os.path.isdir(final):
                 self.assertEqual(os.listdir(final), [], "partial files under final names" + msg)
@@ -143,29 +145,30 @@ class DiskFull(_Sandbox):
         return p
 
     def test_optimize_to_file(self):
-        self.run_full(["optimize", self.fix["small"], os.path.join(self.dest, "out.vma")],
+        self.run_full(["optimize", self.fix["small"], os.path.join(self.dest, "out.vma")], ["out.vma"],
                       final=os.path.join(self.dest, "out.vma"), source=self.fix["small"], source_sha=self.fix["small_sha"])
 
     def test_optimize_in_place(self):
         src = os.path.join(self.dest, "inplace.vma")
         shutil.copyfile(self.fix["small"], src)
-        self.run_full(["optimize", src], source=src, source_sha=self.fix["small_sha"])
+        self.run_full(["optimize", src], ["inplace.vma"], source=src, source_sha=self.fix["small_sha"])
 
     def test_optimize_in_place_tmpdir(self):
         src = os.path.join(self.dest, "inplace.vma")
         shutil.copyfile(self.fix["small"], src)
-        self.run_full(["optimize", "--tmpdir", self.tmp, src], source=src, source_sha=self.fix["small_sha"])
+        self.run_full(["optimize", "--tmpdir", self.tmp, src], ["inplace.vma", "spool", self.tmp],
+                      source=src, source_sha=self.fix["small_sha"])
 
     def test_unpack(self):
         out = os.path.join(self.dest, "out")
-        self.run_full(["unpack", self.fix["small"], out], final=out, source=self.fix["small"],
+        self.run_full(["unpack", self.fix["small"], out], ["disk-drive-"], final=out, source=self.fix["small"],
                       source_sha=self.fix["small_sha"])
 
     def test_pack(self):
         d = os.path.join(self.dir, "unpacked")
         write_unpacked_dir(self.fix["small_vm"], d)
         out = os.path.join(self.dest, "packed.vma")
-        self.run_full(["pack", d, out], final=out)
+        self.run_full(["pack", d, out], ["packed.vma"], final=out)
 
     def test_pack_works_without_limit(self):
         """Control for test_pack: the same pack succeeds when the disk is not full."""
