@@ -418,6 +418,10 @@ class Broken(unittest.TestCase):
                     F.restore(data)
                 configs, disks = F.restore(data, allow_missing=True)
                 self.assertEqual(configs, vm.configs)
+                # only the devices named in `complete` must be complete (extracting some devices)
+                F.restore(data, complete={"drive-scsi0", "drive-efidisk0"})
+                with self.assertRaisesRegex(ValueError, "missing cluster"):
+                    F.restore(data, complete={"drive-scsi1"})
         with self.assertRaises(ValueError):
             F.write_archive(vm, None, omit=[(0, 999)])
 

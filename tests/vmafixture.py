@@ -785,10 +785,12 @@ def _parse_header(data, strict=True):
     return h
 
 
-def restore(src, allow_missing=False):
+def restore(src, allow_missing=False, complete=None):
     """Strict reader like Proxmox `vma extract` (plus stricter checks: cluster numbers must be
     < ceil(size/65536), dev_ids must be declared).  Returns (configs, {device name: bytes}).
-    Raises ValueError with a message naming the problem (and the offset where meaningful)."""
+    Raises ValueError with a message naming the problem (and the offset where meaningful).
+    complete: names of the devices that must have every cluster (default: all), as Proxmox checks
+    only the devices it extracts; allow_missing: none must."""
     data = _load(src)
     n = len(data)
     h = _parse_header(data, strict=True)
@@ -873,7 +875,7 @@ def restore(src, allow_missing=False):
     for dev_id in sorted(devs):
         name, size, buf, seen, _ = devs[dev_id]
         miss = seen.find(0)
-        if miss >= 0 and not allow_missing:
+        if miss >= 0 and not allow_missing and (complete is None or name in complete):
             raise ValueError("missing cluster %d of device %s" % (miss, name))
         if size <= BIG_DEVICE:
             disks[name] = bytes(buf)
