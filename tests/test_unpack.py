@@ -703,6 +703,23 @@ class UnpackFaultTests(UnpackCase):
 
 
 # --------------------------------------------------------------------------------------------------
+class UnpackWriteErrorTests(UnpackCase):
+    """A write that fails (a full disk that the RLIMIT tests cannot reach: the image is already
+    created at its full size) is one error naming the image, not a bare OS message."""
+
+    def test_failed_image_write_names_the_file(self):
+        tool = support.load_tool_module()
+        device = tool.Device(1, "drive-scsi0", 4 * CLUSTER)
+        path = self.put("disk-drive-scsi0.raw", bytes(4 * CLUSTER))
+        fd = os.open(path, os.O_RDONLY)         # every pwrite fails (EBADF), like ENOSPC would
+        self.addCleanup(os.close, fd)
+        extent = tool.ExtentHeader(16, bytes(16), [0xFFFF << 48 | 1 << 32 | 2])
+        data = memoryview(bytearray(b"\x5a" * CLUSTER))
+        with self.assertRaises(tool.EnvironmentProblem) as caught:
+            tool.write_extent_data(extent, data, {1: (tool.Writeback(fd), device)})
+        self.assertIn("disk-drive-scsi0.raw", str(caught.exception))
+
+
 class UnpackSparseTests(UnpackCase):
 
     def test_default_images_sparse(self):
