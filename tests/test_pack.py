@@ -144,12 +144,19 @@ class PackBasicTests(PackCase):
         self.assertEqual(len(exp), fx.parse_layout(exp).header_size + 512)
         self.assertArchiveEqual(self.read(out), exp)
 
-    def test_other_configs_included(self):
+    def test_other_configs_only_with_config_option(self):
         vm = default_vm()
         extra = [("notes.txt", b"some notes\n"), ("hook.pl", b"#!/usr/bin/perl\n\x00binary\xff")]
         d = write_dir(self.path("d"), vm, configs=list(vm.configs) + extra)
+        out = self.path("x.vma")
+        r = self.pack("--ctime", str(vm.ctime), d, out)
+        self.assertOk(r)
+        self.assertIn(b"notes.txt", r.stderr)          # named in the notice, not packed
+        configs, _ = fx.restore(out)
+        self.assertEqual(sorted(configs), sorted(vm.configs))
         out = self.path("y.vma")
-        self.assertOk(self.pack("--ctime", str(vm.ctime), d, out))
+        self.assertOk(self.pack("--ctime", str(vm.ctime), "--config", os.path.join(d, "notes.txt"),
+                                "--config", os.path.join(d, "hook.pl"), d, out))
         configs, disks = fx.restore(out)
         self.assertEqual(sorted(configs), sorted(list(vm.configs) + extra))
         self.assertEqual(configs[0][0], "qemu-server.conf", "qemu-server.conf should come first")
