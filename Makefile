@@ -24,6 +24,8 @@ fuzz:
 install:
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 vma-tool $(DESTDIR)$(PREFIX)/bin/vma-tool
+	@echo "installed $(PREFIX)/bin/vma-tool. To optimize every backup, add this line to /etc/vzdump.conf:"
+	@echo "    script: $(PREFIX)/bin/vma-tool"
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/vma-tool

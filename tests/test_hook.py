@@ -1,0 +1,221 @@
+"""vma-tool as vzdump's hook script, and the backup-tool pipelines of the README (issue 11).
+
+FakeVzdump calls vma-tool the way pve-manager's PVE/VZDump.pm run_hook_script does: argv
+[SCRIPT, PHASE] plus [MODE, VMID] for guest phases, an environment holding only STOREID,
+DUMPDIR, VMTYPE, HOSTNAME, TARGET and LOGFILE (`local %ENV`: not even PATH), stdin closed, and
+stdout/stderr going to the task log.  restic tests run only where restic is installed."""
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import unittest
+
+import support
+import vmafixture as vf
+
+CLUSTER = 65536
+PHASES = ("job-init", "job-start", "job-end", "job-abort", "backup-start", "backup-end",
+          "backup-abort", "log-end", "pre-stop", "pre-restart", "post-restart")
+GUEST_PHASES = PHASES[4:]
+
+
+def fake_vzdump(phase, target=None, vmtype="qemu", dumpdir=None, config=None, extra_env=None):
+    """Run the hook like vzdump: a fresh environment, no stdin, cwd /."""
+    cmd = [support.TOOL, phase]
+    env = {"STOREID": "local", "HOSTNAME": "pve1"}
+    if dumpdir:
+        env["DUMPDIR"] = dumpdir
+    if phase in GUEST_PHASES:
+        cmd += ["snapshot", "100"]
+        env["VMTYPE"] = vmtype
+        if phase == "backup-end" and target is not None:
+            env["TARGET"] = target
+        if phase == "log-end":
+            env["LOGFILE"] = os.path.join(dumpdir or "/tmp", "vzdump-qemu-100.log")
+    env["VMA_TOOL_CONFIG"] = config or os.devnull      # not in vzdump's env: keeps /etc out of tests
+    env.update(extra_env or {})
+    # vzdump's env has no PATH: the kernel runs the script by its #! line (env then looks in the
+    # default path), so run it directly, not through sys.executable.
+    return subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, cwd="/", timeout=120, close_fds=True)
+
+
+class HookTest(support.ScratchCase):
+    """Every phase and guest type; only backup-end of a qemu VMA does anything."""
+
+    VM = None
+
+    @classmethod
+    def vm(cls):
+        if cls.VM is None:
+            cls.VM = vf.make_vm(5501, devices=[("drive-scsi0", 90 * CLUSTER), ("drive-efidisk0", 3 * 4096)])
+        return cls.VM
+
+    def dump(self, name, compress=None):
+        data = vf.write_archive(self.vm(), None, seed=2)
+        if compress == "gz":
+            data = gzip.compress(data, 1)
+        elif compress == "zst":
+            if shutil.which("zstd") is None:
+                self.skipTest("zstd not installed")
+            data = subprocess.run(["zstd", "-q", "-c"], input=data, stdout=subprocess.PIPE, check=True).stdout
+        return self.put(name, data), data
+
+    def canonical(self):
+        return vf.canonical_archive(self.vm())
+
+    def test_other_phases_silent(self):
+        path, data = self.dump("vzdump-qemu-100-2026_11_29-01_00_00.vma")
+        for phase in PHASES:
+            for vmtype in ("qemu", "lxc"):
+                if phase == "backup-end" and vmtype == "qemu":
+                    continue
+                with self.subTest(phase=phase, vmtype=vmtype):
+                    r = fake_vzdump(phase, path, vmtype, dumpdir=self.tmp)
+                    self.assertEqual((r.returncode, r.stdout, r.stderr), (0, b"", b""))
+        self.assertEqual(self.read(path), data)
+
+    def test_backup_end_plain_with_space_in_name(self):
+        os.mkdir(self.path("dump dir"))
+        path, _ = self.dump(os.path.join("dump dir", "vzdump-qemu-100-2026_11_29-01_00_00.vma"))
+        r = fake_vzdump("backup-end", path, dumpdir=self.path("dump dir"))
+        self.assertOk(r)
+        lines = r.stdout.decode().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("vzdump-qemu-100-2026_11_29-01_00_00.vma: optimized", lines[0])
+        self.assertIn(" s", lines[0])
+        self.assertEqual(self.read(path), self.canonical())
+        r = fake_vzdump("backup-end", path)
+        self.assertOk(r)
+        self.assertIn(b"already canonical", r.stdout)
+        self.assertEqual(sorted(os.listdir(self.path("dump dir"))), ["vzdump-qemu-100-2026_11_29-01_00_00.vma"])
+
+    def test_backup_end_zst_keeps_compression(self):
+        path, _ = self.dump("vzdump-qemu-100-2026_11_29-01_00_00.vma.zst", "zst")
+        r = fake_vzdump("backup-end", path)
+        self.assertOk(r)
+        plain = subprocess.run(["zstd", "-dc", path], stdout=subprocess.PIPE, check=True).stdout
+        self.assertEqual(plain, self.canonical())
+
+    def test_settings_skip_and_plain(self):
+        path, data = self.dump("vzdump-qemu-100-2026_11_29-01_00_00.vma.gz", "gz")
+        self.put("notes", b"")
+        conf = self.put("vma-tool.conf", b"# test\ncompressed = skip\n")
+        r = fake_vzdump("backup-end", path, config=conf)
+        self.assertEqual((r.returncode, r.stdout, r.stderr), (0, b"", b""))
+        self.assertEqual(self.read(path), data)
+        self.put("vzdump-qemu-100-2026_11_29-01_00_00.vma.gz.notes", b"my notes\n")
+        conf = self.put("vma-tool.conf", b"compressed = plain   # for restic\nmemory = 1M\n")
+        r = fake_vzdump("backup-end", path, config=conf)
+        self.assertOk(r)
+        plain = self.path("vzdump-qemu-100-2026_11_29-01_00_00.vma")
+        self.assertFalse(os.path.exists(path))
+        self.assertEqual(self.read(plain), self.canonical())
+        self.assertEqual(self.read(plain + ".notes"), b"my notes\n")
+
+    def test_bad_settings_and_bad_archive_fail_one_line(self):
+        path, data = self.dump("vzdump-qemu-100-2026_11_29-01_00_00.vma")
+        conf = self.put("vma-tool.conf", b"compressed = sometimes\n")
+        r = fake_vzdump("backup-end", path, config=conf)
+        support.assert_clean_error(self, r, "compressed", code=2)
+        self.assertEqual(self.read(path), data)
+        bad = self.put("vzdump-qemu-101-2026_11_29-01_00_00.vma", data[:len(data) // 2])
+        r = fake_vzdump("backup-end", bad)
+        support.assert_clean_error(self, r, "truncated", code=1)
+        self.assertEqual(self.read(bad), data[:len(data) // 2])
+
+    def test_not_a_vma_target_ignored(self):
+        for name in ("vzdump-lxc-100-2026_11_29-01_00_00.tar.zst", "vm/100/2026-11-29T01:00:00Z"):
+            with self.subTest(target=name):
+                r = fake_vzdump("backup-end", os.path.join(self.tmp, name))
+                self.assertEqual((r.returncode, r.stdout, r.stderr), (0, b"", b""))
+
+
+@unittest.skipIf(shutil.which("restic") is None, "restic not installed")
+class ResticPipelineTest(support.ScratchCase):
+    """Two days of a VM through `vma-tool optimize - - | restic backup --stdin`, back through
+    `restic dump | vma-tool unpack -`: disks identical, day 2 costs far less than the original
+    archive's day 2."""
+
+    def restic(self, repo, *args, input=None, check=True):
+        env = dict(os.environ, RESTIC_PASSWORD="test", RESTIC_REPOSITORY=repo, RESTIC_CACHE_DIR=self.path("cache"))
+        return subprocess.run(["restic", "--quiet", "--no-lock"] + list(args), input=input, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=check, timeout=300)
+
+    def repo_size(self, repo):
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(repo) for f in fs)
+
+    def test_two_days(self):
+        day1 = vf.make_vm(5601, devices=[("drive-scsi0", 96 << 20)], fill=0.7)
+        day2 = day1.copy()              # a guest rewrote 2 MiB and grew a file by 1 MiB
+        day2.disks[0][8 << 20:10 << 20] = os.urandom(2 << 20)
+        day2.disks[0][60 << 20:61 << 20] = os.urandom(1 << 20)
+        sizes = {}
+        for kind in ("optimized", "original"):
+            repo = self.path("repo-" + kind)
+            self.restic(repo, "init")
+            grown = []
+            for seed, vm in ((1, day1), (2, day2)):
+                archive = vf.write_archive(vm, None, seed=seed)
+                if kind == "optimized":
+                    r = support.run_tool("optimize", "-", "-", input=archive)
+                    self.assertOk(r)
+                    archive = r.stdout
+                before = self.repo_size(repo)
+                self.restic(repo, "backup", "--stdin", "--stdin-filename", "vm-100.vma", input=archive)
+                grown.append(self.repo_size(repo) - before)
+            sizes[kind] = grown[1]
+            if kind == "optimized":
+                dump = self.restic(repo, "dump", "latest", "vm-100.vma").stdout
+                r = support.run_tool("unpack", "-", self.path("restored"), input=dump)
+                self.assertOk(r)
+                with open(self.path("restored", "disk-drive-scsi0.raw"), "rb") as f:
+                    self.assertTrue(f.read() == bytes(day2.disks[0]), "restored disk differs")
+        self.assertLess(sizes["optimized"], 0.4 * sizes["original"], sizes)
+
+
+class InstallTest(support.ScratchCase):
+    """make install puts vma-tool where hooks live and says what to add to /etc/vzdump.conf."""
+
+    @unittest.skipIf(shutil.which("make") is None, "make not installed")
+    def test_install_and_uninstall(self):
+        dest = self.path("root")
+        r = subprocess.run(["make", "-s", "-C", support.REPO, "install", "DESTDIR=" + dest],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        self.assertOk(r)
+        installed = os.path.join(dest, "usr", "local", "bin", "vma-tool")
+        self.assertTrue(os.access(installed, os.X_OK))
+        self.assertIn(b"script: /usr/local/bin/vma-tool", r.stdout)
+        self.assertIn(b"/etc/vzdump.conf", r.stdout)
+        r = subprocess.run(["make", "-s", "-C", support.REPO, "uninstall", "DESTDIR=" + dest],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        self.assertOk(r)
+        self.assertFalse(os.path.exists(installed))
+
+
+class JsonResultTest(support.ScratchCase):
+    """optimize --json and verify --json: one object per file, errors included."""
+
+    def test_objects_per_file(self):
+        vm = vf.make_vm(5701, devices=[("drive-scsi0", 20 * CLUSTER)])
+        a = self.put("a.vma", vf.write_archive(vm, None, seed=1))
+        bad = self.put("bad.vma", b"not an archive")
+        r = support.run_tool("verify", "--json", a, bad)
+        self.assertEqual(r.returncode, 1)
+        objects = [json.loads(line) for line in r.stdout.decode().splitlines()]
+        self.assertEqual([(o["file"], o["result"], o["exit_status"]) for o in objects],
+                         [(a, "ok", 0), (bad, "error", 1)])
+        r = support.run_tool("optimize", "--json", "--in-place", a, a, bad)
+        self.assertEqual(r.returncode, 1)
+        objects = [json.loads(line) for line in r.stdout.decode().splitlines()]
+        self.assertEqual([o["result"] for o in objects], ["optimized", "already canonical", "error"])
+        self.assertEqual(objects[0]["bytes_after"], os.path.getsize(a))
+        r = support.run_tool("optimize", "--json", a, "-")
+        support.assert_clean_error(self, r, "--json", code=2)
+
+
+if __name__ == "__main__":
+    unittest.main()
