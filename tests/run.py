@@ -1,15 +1,22 @@
 #!/usr/bin/env python3
-"""Test runner: python3 tests/run.py [-v] [-f] [pattern...]
+"""Test runner: python3 tests/run.py [-v] [-f] [-j N] [pattern...]
 
 Discovers tests/test_*.py (optionally only modules matching a pattern: a substring of the module
 name or an fnmatch pattern, e.g. `fixture`, `test_verify`, `test_p*`), runs them with unittest and
 prints the final line `N passed, N failed, N skipped`.  Exit status 1 if anything failed or
 errored (or no module matched the given patterns), else 0.  Works from any cwd.
+
+-j N runs N modules at a time, each in its own process (default: the number of CPUs; -j 1 runs
+everything in this process); a module's output is printed whole when it finishes.
 """
 
+import concurrent.futures
 import fnmatch
 import os
+import re
+import subprocess
 import sys
+import time
 import unittest
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -63,15 +70,52 @@ def _matches(mod, patterns):
     return False
 
 
+# Slowest first, so that the last module to finish is a short one.
+SLOW_FIRST = ("test_hostile", "test_optimize", "test_faults", "test_safety", "test_compression",
+              "test_unpack", "test_hook")
+SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed, (\d+) skipped$", re.M)
+
+
+def run_parallel(mods, jobs, flags):
+    """Each module in a process of its own, `jobs` at a time; returns (passed, failed, skipped)."""
+    totals = [0, 0, 0]
+    mods = sorted(mods, key=lambda m: (SLOW_FIRST.index(m) if m in SLOW_FIRST else len(SLOW_FIRST), m))
+
+    def one(mod):
+        started = time.monotonic()
+        r = subprocess.run([sys.executable, os.path.abspath(__file__), "-j", "1", mod] + flags,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        return mod, r, time.monotonic() - started
+
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        for mod, r, seconds in pool.map(one, mods):
+            text = r.stdout.decode("utf-8", "replace")
+            found = SUMMARY.findall(text)
+            sys.stdout.write("== %s (%.0f s)\n%s" % (mod, seconds, text if r.returncode or "-v" in flags
+                                                       else text[-300:]))
+            sys.stdout.flush()
+            if not found:
+                totals[1] += 1                  # the module did not even report
+                continue
+            for i, count in enumerate(found[-1]):
+                totals[i] += int(count)
+    return totals
+
+
 def main(argv):
     verbosity = 1
     failfast = False
+    jobs = os.cpu_count() or 1
     patterns = []
-    for a in argv:
+    args = list(argv)
+    while args:
+        a = args.pop(0)
         if a in ("-v", "--verbose"):
             verbosity = 2
         elif a in ("-f", "--failfast"):
             failfast = True
+        elif a == "-j":
+            jobs = max(1, int(args.pop(0)))
         elif a in ("-h", "--help"):
             print(__doc__.strip())
             return 0
@@ -82,6 +126,11 @@ def main(argv):
     mods = sorted(f[:-3] for f in os.listdir(TESTS_DIR)
                   if f.startswith("test_") and f.endswith(".py"))
     mods = [m for m in mods if _matches(m, patterns)]
+    if jobs > 1 and len(mods) > 1:
+        flags = (["-v"] if verbosity > 1 else []) + (["-f"] if failfast else [])
+        passed, failed, skipped = run_parallel(mods, jobs, flags)
+        sys.stdout.write("%d passed, %d failed, %d skipped\n" % (passed, failed, skipped))
+        return 1 if failed else 0
     loader = unittest.TestLoader()
     suite = unittest.TestSuite()
     for m in mods:
