@@ -1,6 +1,8 @@
 """The dedup property of `vma-tool optimize`: two optimized archives of similar VMs differ only
-in the extents that hold changed clusters (plus the header when ctime/sizes differ); every other
-extent is byte-identical, and at the same offset as long as no earlier extent changed size.
+in the 56-cluster cells that hold changed clusters (plus the header when ctime/sizes differ);
+every extent of every other cell is byte-identical, and at the same offset as long as no earlier
+extent changed size.  (The layout depends on which clusters are zero, but only within a cell:
+FORMAT.md, "Canonical form (version 2)".)
 
 The source archives are written with different seeds, cluster orders, extent sizes and uuids, so
 nothing of the original layout may leak into the optimized form."""
@@ -16,11 +18,11 @@ import support  # noqa: E402
 import vmafixture  # noqa: E402
 from vmafixture import BLOCK, CLUSTER  # noqa: E402
 
-SLOTS = 59
+CELL = vmafixture.CANONICAL_CELL
 DEVICES = [
     ("drive-efidisk0", 540672),               # 8.25 clusters
-    ("drive-scsi0", 16 * 1048576 + 36352),    # 257 clusters: 5 extents, the last one partial
-    ("drive-scsi1", 6 * 1048576 + 40960),     # 97 clusters: 2 extents
+    ("drive-scsi0", 16 * 1048576 + 36352),    # 257 clusters: 5 cells, the last one partial
+    ("drive-scsi1", 6 * 1048576 + 40960),     # 97 clusters: 2 cells
 ]
 
 
@@ -40,14 +42,14 @@ def changed_clusters(a, b):
 
 
 def canonical_slots(vm):
-    """The extent slot lists of the canonical layout: per device (ascending dev_id) clusters in
-    order, 59 per extent, a new extent at each device."""
-    exts = []
-    for dev_id, dev in sorted(zip(vm.dev_ids, vm.devices)):
-        n = nclusters(dev.size)
-        for s in range(0, n, SLOTS):
-            exts.append([(dev_id, c) for c in range(s, min(n, s + SLOTS))])
-    return exts
+    """The extent slot lists of the canonical layout, from the fixture's independent writer."""
+    return [[(dev_id, c) for c in range(first, first + count)]
+            for dev_id, first, count in vmafixture.canonical_extents(vm)]
+
+
+def extent_key(ext):
+    """(dev_id, first cluster, cluster count) of an extent."""
+    return ext.slots[0][1], ext.slots[0][2], len(ext.slots)
 
 
 class DedupPropertyTest(support.TempDir, unittest.TestCase):
@@ -80,23 +82,26 @@ class DedupPropertyTest(support.TempDir, unittest.TestCase):
             ea.offset, eb.offset, ea.slots[:1], "differ" if same else "identical"))
 
     def compare(self, da, db, va, vb, changed):
-        """Assert that exactly the extents covering changed clusters differ.  Returns
-        (layout a, layout b, indices of the differing extents)."""
+        """Assert that every extent of a cell without a changed cluster is byte-identical in both
+        archives, and that every extent that differs lies in a cell with a changed cluster.
+        Returns (layout a, layout b, keys of b's extents not found unchanged in a)."""
         la = self.check_layout(da, va)
         lb = self.check_layout(db, vb)
-        self.assertEqual(len(la.extents), len(lb.extents))
-        expect = set()
-        for i, ext in enumerate(la.extents):
-            if any((d, c) in changed for _m, d, c in ext.slots):
-                expect.add(i)
-        differ = set(i for i, (ea, eb) in enumerate(zip(la.extents, lb.extents))
-                     if self.extent_bytes(da, ea) != self.extent_bytes(db, eb))
-        self.assertTrue(expect, "test setup: no extent covers a changed cluster")
-        self.assertLess(len(expect), len(la.extents), "test setup: every extent changed")
-        self.assertEqual(sorted(differ), sorted(expect),
-                         "differing extents != extents with changed clusters "
-                         "(extra: %s, missing: %s)" % (sorted(differ - expect),
-                                                       sorted(expect - differ)))
+        cells = {(d, c // CELL) for d, c in changed}
+        a_by_key = {extent_key(e): e for e in la.extents}
+        differ = set()
+        for eb in lb.extents:
+            key = extent_key(eb)
+            ea = a_by_key.get(key)
+            same = ea is not None and self.extent_bytes(da, ea) == self.extent_bytes(db, eb)
+            if (key[0], key[1] // CELL) in cells:
+                if not same:
+                    differ.add(key)
+            else:
+                self.assertTrue(same, "extent %s of an unchanged cell differs" % (key,))
+        self.assertTrue(cells, "test setup: no cluster changed")
+        self.assertTrue(differ, "no extent differs although clusters changed")
+        self.assertLess(len(differ), len(lb.extents), "test setup: every extent changed")
         return la, lb, differ
 
     def test_one_day_later(self):
@@ -115,12 +120,10 @@ class DedupPropertyTest(support.TempDir, unittest.TestCase):
         self.assertTrue(diff_pos, "headers identical although ctime differs")
         self.assertTrue(all(24 <= i < 48 for i in diff_pos),
                         "header differs outside ctime/md5 at %s" % diff_pos[:10])
-        # unchanged extents before the first size change sit at the same offset; after it
-        # they are shifted by exactly the accumulated size difference
-        shift = 0
-        for i, (ea, eb) in enumerate(zip(la.extents, lb.extents)):
-            self.assertEqual(eb.offset - ea.offset, shift, "extent %d misplaced" % i)
-            shift += (eb.end - eb.offset) - (ea.end - ea.offset)
+        # extents before the first differing one sit at the same offsets
+        first = min(i for i, e in enumerate(lb.extents) if extent_key(e) in differ)
+        for ea, eb in zip(la.extents[:first], lb.extents[:first]):
+            self.assertEqual(ea.offset, eb.offset)
 
     def test_rewrite_in_place_keeps_offsets(self):
         # rewrite the stored blocks of a few clusters with other non-zero data, keep zero
@@ -154,23 +157,21 @@ class DedupPropertyTest(support.TempDir, unittest.TestCase):
         da = self.optimize(a, "a", seed=3, order="proxmox", per_extent=58)
         db = self.optimize(b, "b", seed=4, order="reverse", per_extent=7, uuid=b"\xab" * 16)
         la, lb, differ = self.compare(da, db, a, b, changed)
-        # the differing extents, computed from the canonical layout alone
-        first = {}
-        n = 0
-        for dev_id, dev in sorted(zip(a.dev_ids, a.devices)):
-            first[dev_id] = n
-            n += -(-nclusters(dev.size) // SLOTS)
-        self.assertEqual(differ, set(first[d] + c // SLOTS for d, c in targets))
+        # no cluster turned zero or non-zero: the same layout, and exactly the extents that hold
+        # the rewritten clusters differ
+        self.assertEqual([extent_key(e) for e in la.extents], [extent_key(e) for e in lb.extents])
+        self.assertEqual(differ, {key for key in map(extent_key, la.extents)
+                                  for d, c in targets if key[0] == d and key[1] <= c < key[1] + key[2]})
         self.assertEqual(len(da), len(db))
         self.assertTrue(da[:la.header_size] == db[:lb.header_size], "headers differ")
         for ea, eb in zip(la.extents, lb.extents):
             self.assertEqual(ea.offset, eb.offset)
 
     def test_device_grown(self):
-        # scsi0 grows by 4 MiB + 4 KiB of new data: the header changes (device size); efidisk0
-        # extents stay identical at the same offsets; scsi0 extents before its last (partial) one
-        # stay identical; the last one changes and new ones follow; all scsi1 extents stay
-        # identical (shifted)
+        # scsi0 grows by 4 MiB + 4 KiB of new data: the header changes (device size); devices are
+        # written in descending dev_id order, so scsi1's extents stay identical at the same
+        # offsets; scsi0's extents before its last (partial) cell stay identical at the same
+        # offsets, that cell changes and new ones follow; efidisk0's extents stay identical (shifted)
         a = vmafixture.make_vm(31, devices=DEVICES)
         grow = 4 * 1048576 + 4096
         rng = random.Random(7)
@@ -186,23 +187,25 @@ class DedupPropertyTest(support.TempDir, unittest.TestCase):
         self.assertEqual(la.header_size, lb.header_size)
         self.assertTrue(da[:la.header_size] != db[:lb.header_size], "headers identical")
         by_dev_a, by_dev_b = {}, {}
-        for lay, data, out in ((la, da, by_dev_a), (lb, db, by_dev_b)):
+        for lay, out in ((la, by_dev_a), (lb, by_dev_b)):
             for e in lay.extents:
                 out.setdefault(e.slots[0][1], []).append(e)
-        efi_a, efi_b = by_dev_a[1], by_dev_b[1]
-        self.assertEqual(len(efi_a), len(efi_b))
-        for ea, eb in zip(efi_a, efi_b):
+        self.assertEqual([e.slots[0][1] for e in la.extents][0], 3, "scsi1 (dev_id 3) comes first")
+        for ea, eb in zip(by_dev_a[3], by_dev_b[3]):
             self.assertEqual(ea.offset, eb.offset)
             self.assertSameExtent(da, ea, db, eb)
-        s0a, s0b = by_dev_a[2], by_dev_b[2]
-        self.assertGreater(len(s0b), len(s0a))
-        for ea, eb in zip(s0a[:-1], s0b):
+        last_cell = (nclusters(DEVICES[1][1]) - 1) // CELL
+        s0a = [e for e in by_dev_a[2] if e.slots[0][2] // CELL < last_cell]
+        s0b = by_dev_b[2][:len(s0a)]
+        self.assertGreater(len(by_dev_b[2]), len(by_dev_a[2]))
+        for ea, eb in zip(s0a, s0b):
             self.assertEqual(ea.offset, eb.offset)
             self.assertSameExtent(da, ea, db, eb)
-        self.assertSameExtent(da, s0a[-1], db, s0b[len(s0a) - 1], same=False)
-        s1a, s1b = by_dev_a[3], by_dev_b[3]
-        self.assertEqual(len(s1a), len(s1b))
-        for ea, eb in zip(s1a, s1b):
+        tail_a, tail_b = by_dev_a[2][len(s0a):], by_dev_b[2][len(s0a):]
+        self.assertFalse(all(self.extent_bytes(da, ea) == self.extent_bytes(db, eb)
+                             for ea, eb in zip(tail_a, tail_b)), "the grown cell did not change")
+        self.assertEqual(len(by_dev_a[1]), len(by_dev_b[1]))
+        for ea, eb in zip(by_dev_a[1], by_dev_b[1]):
             self.assertSameExtent(da, ea, db, eb)
 
 

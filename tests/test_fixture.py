@@ -382,9 +382,10 @@ class WriterProperties(unittest.TestCase):
         self.assertGreater(len(empties), 0)
         self.assertTrue(all(e.block_count == 0 for e in empties))
 
-    def test_canonical(self):
+    def test_canonical_v1(self):
+        # the previous canonical layout (FORMAT.md "Version 1 (not canonical any more)")
         vm = vm_for(7)
-        data = F.canonical_archive(vm)
+        data = F.canonical_archive_v1(vm)
         lay = F.parse_layout(data)
         self.assertEqual(lay.uuid, F.CANONICAL_UUID)
         self.assertEqual(F.VMA_UUID_STR(lay.uuid), "12345678-aabb-ccdd-eeff-aabbccddeeff")
@@ -395,7 +396,8 @@ class WriterProperties(unittest.TestCase):
             self.assertLessEqual(len(e.slots), 59)
         self.assertEqual(len(lay.extents), sum(-(-F._nclusters(d.size) // 59) for d in vm.devices))
         F.assert_same_content(self, data, vm)
-        empty = F.canonical_archive(F.make_vm(1, devices=[]))
+        self.assertNotEqual(data, F.canonical_archive(vm))
+        empty = F.canonical_archive_v1(F.make_vm(1, devices=[]))
         self.assertEqual(len(empty), F.parse_layout(empty).header_size + 512)
 
     def test_speed(self):
@@ -404,6 +406,275 @@ class WriterProperties(unittest.TestCase):
         for order in ORDERS:
             F.write_archive(vm, None, seed=3, order=order)
         self.assertLess((time.perf_counter() - t) / 4, 0.1)
+
+
+def _data_cluster(kind, n=F.CLUSTER):
+    """n bytes (a cluster or the in-device part of the last one) that are not all zero."""
+    if kind % 4 == 0:                               # full random cluster
+        b = bytearray(os.urandom(n))
+        b[0] |= 1
+        return b
+    b = bytearray(n)
+    if kind % 4 == 1:                               # one block in the middle
+        o = min(7 * 4096, (n - 1) // 4096 * 4096)
+        b[o:o + 100] = b"\x5a" * len(b[o:o + 100])
+    elif kind % 4 == 2:                             # a single byte at the very end
+        b[n - 1] = 0x01
+    else:                                           # first and last block
+        b[0] = 0x11
+        b[n - 1] = 0x22
+    return b
+
+
+def _hand_disk(size, data_clusters):
+    """A disk of size bytes whose clusters in data_clusters are non-zero, the others all zero."""
+    disk = bytearray(size)
+    for k, c in enumerate(sorted(data_clusters)):
+        off = c * F.CLUSTER
+        n = min(F.CLUSTER, size - off)
+        disk[off:off + n] = _data_cluster(k, n)
+    return disk
+
+
+def _runs(*ranges):
+    """Cluster numbers of the half-open ranges (a, b)."""
+    return {c for a, b in ranges for c in range(a, b)}
+
+
+class CanonicalV2(unittest.TestCase):
+    """The version 2 oracle (FORMAT.md "Canonical form (version 2)"): extent boundaries on
+    hand-made disks compared with lists written out by hand."""
+
+    CONFIGS = [("qemu-server.conf", b"name: hand\n#qmdump#map:scsi0:drive-scsi0:local:raw:\n")]
+
+    def vm(self, devices, disks, dev_ids=None, configs=None, ctime=1700000000):
+        return F.VM(ctime, self.CONFIGS if configs is None else configs, devices, disks, dev_ids)
+
+    def extents_of(self, data, vm):
+        """Check the archive's invariants and return [(dev_id, first, count)] of its extents."""
+        lay = F.parse_layout(data)
+        self.assertEqual(lay.end, len(data), "bytes after the last extent")
+        self.assertEqual(lay.uuid, F.CANONICAL_UUID)
+        self.assertEqual(data[:lay.header_size],
+                         F.build_header(vm.ctime, vm.configs,
+                                        [(vm.dev_ids[i], d.name, d.size)
+                                         for i, d in enumerate(vm.devices)], F.CANONICAL_UUID))
+        sizes = dict(zip(vm.dev_ids, [d.size for d in vm.devices]))
+        out = []
+        for e in lay.extents:
+            self.assertEqual(e.magic, b"VMAE")
+            self.assertEqual(e.reserved1, 0)
+            self.assertEqual(e.uuid, F.CANONICAL_UUID)
+            raw = bytearray(e.raw)
+            raw[24:40] = bytes(16)
+            self.assertEqual(md5(bytes(raw)), e.md5)
+            self.assertEqual(e.block_count, sum(popcount(m) for m, _, _ in e.slots))
+            if not e.slots:
+                out.append(None)
+                continue
+            dev, first = e.slots[0][1], e.slots[0][2]
+            self.assertEqual([(d, c) for _, d, c in e.slots],
+                             [(dev, first + k) for k in range(len(e.slots))],
+                             "an extent must hold consecutive clusters of one device")
+            zero = {m == 0 for m, _, _ in e.slots}
+            self.assertEqual(len(zero), 1, "zero and data clusters mixed in one extent")
+            last = first + len(e.slots) - 1
+            self.assertEqual(first // 56, last // 56, "extent crosses a multiple of 56")
+            if zero == {False}:
+                self.assertEqual(first // 8, last // 8, "data extent crosses a multiple of 8")
+            for m, _, c in e.slots:    # no bit for a block starting at or past the device end
+                nblk = -(-(sizes[dev] - c * F.CLUSTER) // 4096)
+                if nblk < 16:
+                    self.assertEqual(m >> nblk, 0)
+            out.append((dev, first, len(e.slots)))
+        # every stored block is non-zero and equals the disk (zero-padded past the end)
+        disks = dict(zip(vm.dev_ids, vm.disks))
+        for _, _, mask, dev, c, pos in lay.entries():
+            k = 0
+            for b in range(16):
+                off = c * F.CLUSTER + b * 4096
+                want = bytes(disks[dev][off:off + 4096])
+                if off < sizes[dev]:
+                    want += bytes(4096 - len(want))
+                if mask >> b & 1:
+                    got = data[pos + k * 4096:pos + (k + 1) * 4096]
+                    self.assertEqual(got, want)
+                    self.assertNotEqual(got, bytes(4096), "zero block stored")
+                    k += 1
+                elif off < sizes[dev]:
+                    self.assertEqual(want, bytes(4096), "non-zero block not stored")
+        self.assertEqual(F.canonical_extents(vm), [x for x in out if x is not None])
+        F.assert_same_content(self, data, vm)
+        return out
+
+    def test_130_clusters_boundaries(self):
+        data_clusters = _runs((0, 3), (13, 30), (62, 71), (72, 112), (126, 130))
+        disk = _hand_disk(130 * F.CLUSTER, data_clusters)
+        vm = self.vm([("drive-scsi0", 130 * F.CLUSTER)], [disk])
+        data = F.canonical_archive(vm)
+        self.assertEqual(self.extents_of(data, vm), [
+            (1, 0, 3),                                      # data 0-2
+            (1, 3, 10),                                     # zero 3-12 (crosses 8)
+            (1, 13, 3), (1, 16, 8), (1, 24, 6),             # data 13-29 on the 8-grid
+            (1, 30, 26), (1, 56, 6),                        # zero 30-61, cut at 56
+            (1, 62, 2), (1, 64, 7),                         # data 62-70, cut at 64
+            (1, 71, 1),                                     # a single zero cluster
+            (1, 72, 8), (1, 80, 8), (1, 88, 8), (1, 96, 8), (1, 104, 8),   # data 72-111
+            (1, 112, 14),                                   # zero 112-125
+            (1, 126, 2), (1, 128, 2),                       # data 126-129, cut at 128
+        ])
+
+    def test_long_zero_runs(self):
+        size = 200 * F.CLUSTER
+        vm = self.vm([("drive-scsi0", size), ("drive-scsi1", size)],
+                     [_hand_disk(size, {0}), _hand_disk(size, set())])
+        data = F.canonical_archive(vm)
+        self.assertEqual(self.extents_of(data, vm), [
+            (2, 0, 56), (2, 56, 56), (2, 112, 56), (2, 168, 32),     # an empty disk
+            (1, 0, 1), (1, 1, 55), (1, 56, 56), (1, 112, 56), (1, 168, 32),
+        ])
+        lay = F.parse_layout(data)
+        self.assertEqual([e.block_count for e in lay.extents[:4]], [0, 0, 0, 0])
+
+    def test_alternating_clusters(self):
+        # every cluster flips between data and zero: one extent per cluster
+        vm = self.vm([("drive-scsi0", 10 * F.CLUSTER)],
+                     [_hand_disk(10 * F.CLUSTER, {0, 2, 4, 6, 8})])
+        self.assertEqual(self.extents_of(F.canonical_archive(vm), vm),
+                         [(1, c, 1) for c in range(10)])
+
+    def test_size_not_a_cluster_multiple(self):
+        size = 10 * F.CLUSTER + 3 * 4096 + 512             # 11 clusters, the last one partial
+        disk = _hand_disk(size, _runs((0, 8), (9, 10)))
+        disk[size - 1] = 0x77                               # only the straddling block of cluster 10
+        vm = self.vm([("drive-scsi0", size)], [disk])
+        data = F.canonical_archive(vm)
+        self.assertEqual(self.extents_of(data, vm), [(1, 0, 8), (1, 8, 1), (1, 9, 2)])
+        lay = F.parse_layout(data)
+        ei, si, mask, pos = lay.locate(1, 10)
+        self.assertEqual(mask, 1 << 3)
+        blk = data[pos:pos + 4096]
+        self.assertEqual(blk[:512], bytes(disk[size - 512:]))
+        self.assertEqual(blk[512:], bytes(3584), "bytes past the device end must be zero")
+        # the same device with an all-zero partial last cluster: it joins the zero run
+        disk2 = _hand_disk(size, _runs((0, 8)))
+        vm2 = self.vm([("drive-scsi0", size)], [disk2])
+        self.assertEqual(self.extents_of(F.canonical_archive(vm2), vm2), [(1, 0, 8), (1, 8, 3)])
+        # a size that ends inside a block, data only in that last block
+        size3 = 2 * F.CLUSTER + 4096 + 100
+        disk3 = bytearray(size3)
+        disk3[-100:] = b"\x01" * 100
+        vm3 = self.vm([("drive-scsi0", size3)], [disk3])
+        data3 = F.canonical_archive(vm3)
+        self.assertEqual(self.extents_of(data3, vm3), [(1, 0, 2), (1, 2, 1)])
+        self.assertEqual(F.parse_layout(data3).locate(1, 2)[2], 1 << 1)
+
+    def test_tiny_devices(self):
+        for size, fill, want, mask in ((4096, True, [(1, 0, 1)], 1),
+                                       (512, True, [(1, 0, 1)], 1),
+                                       (65536, True, [(1, 0, 1)], None),
+                                       (512, False, [(1, 0, 1)], 0),
+                                       (65536, False, [(1, 0, 1)], 0)):
+            with self.subTest(size=size, fill=fill):
+                disk = _hand_disk(size, {0} if fill else set())
+                vm = self.vm([("drive-efidisk0", size)], [disk])
+                data = F.canonical_archive(vm)
+                self.assertEqual(self.extents_of(data, vm), want)
+                lay = F.parse_layout(data)
+                self.assertEqual(len(lay.extents), 1)
+                if mask is not None:
+                    self.assertEqual(lay.extents[0].slots[0][0], mask)
+                self.assertEqual(len(data), lay.header_size + 512 + 4096 * popcount(
+                    lay.extents[0].slots[0][0]))
+
+    def test_devices_in_descending_order(self):
+        devices = [("drive-efidisk0", 540672), ("drive-scsi0", 20 * F.CLUSTER),
+                   ("drive-scsi1", 3 * F.CLUSTER)]
+        disks = [_hand_disk(540672, _runs((0, 2), (8, 9))),
+                 _hand_disk(20 * F.CLUSTER, _runs((5, 20))),
+                 _hand_disk(3 * F.CLUSTER, {1})]
+        for ids, want in (
+                ([1, 2, 3], [(3, 0, 1), (3, 1, 1), (3, 2, 1),
+                             (2, 0, 5), (2, 5, 3), (2, 8, 8), (2, 16, 4),
+                             (1, 0, 2), (1, 2, 6), (1, 8, 1)]),
+                ([2, 7, 5], [(7, 0, 5), (7, 5, 3), (7, 8, 8), (7, 16, 4),
+                             (5, 0, 1), (5, 1, 1), (5, 2, 1),
+                             (2, 0, 2), (2, 2, 6), (2, 8, 1)])):
+            with self.subTest(dev_ids=ids):
+                vm = self.vm(devices, disks, dev_ids=ids)
+                data = F.canonical_archive(vm)
+                self.assertEqual(self.extents_of(data, vm), want)
+                # the device list's order does not matter, only the dev_ids
+                perm = [2, 0, 1]
+                vm2 = self.vm([devices[i] for i in perm], [disks[i] for i in perm],
+                              dev_ids=[ids[i] for i in perm])
+                self.assertEqual(F.canonical_archive(vm2), data)
+
+    def test_diskless(self):
+        for configs in (self.CONFIGS, []):
+            with self.subTest(configs=len(configs)):
+                vm = self.vm([], [], configs=configs)
+                data = F.canonical_archive(vm)
+                lay = F.parse_layout(data)
+                self.assertEqual(len(data), lay.header_size + 512)
+                self.assertEqual(data[:lay.header_size],
+                                 F.build_header(vm.ctime, configs, [], F.CANONICAL_UUID))
+                ext = bytearray(data[lay.header_size:])
+                self.assertEqual(ext[:8], b"VMAE\0\0\0\0")           # magic, reserved1, block_count 0
+                self.assertEqual(bytes(ext[8:24]), F.CANONICAL_UUID)
+                self.assertEqual(bytes(ext[40:]), bytes(472), "all slots zero")
+                stored = bytes(ext[24:40])
+                ext[24:40] = bytes(16)
+                self.assertEqual(md5(bytes(ext)), stored)
+                self.assertEqual(self.extents_of(data, vm), [None])
+                self.assertEqual(F.canonical_extents(vm), [])
+                self.assertEqual(F.restore(data), (list(configs), {}))
+
+    def test_pure_function_of_content(self):
+        vm = F.make_vm(3)
+        data = F.canonical_archive(vm)
+        self.extents_of(data, vm)
+        # any source layout restores to the same content -> same canonical bytes
+        for order in ORDERS:
+            src = F.write_archive(vm, None, seed=4, order=order, per_extent="random",
+                                  empty_extents=True, stored_zero_blocks=True, tail_garbage=True)
+            configs, disks = F.restore(src)
+            again = F.VM(vm.ctime, configs, vm.devices, [disks[d.name] for d in vm.devices])
+            self.assertEqual(F.canonical_archive(again), data, order)
+        self.assertEqual(F.canonical_archive(vm.copy()), data)
+        # a different ctime changes the header only
+        other = vm.copy()
+        other.ctime += 1
+        od = F.canonical_archive(other)
+        hs = F.parse_layout(data).header_size
+        self.assertEqual(od[hs:], data[hs:])
+        self.assertNotEqual(od[:hs], data[:hs])
+
+    def test_random_vms_invariants(self):
+        for seed in SEEDS:
+            for fill in (0.0, 0.2, 0.5, 0.9, 1.0):
+                with self.subTest(seed=seed, fill=fill):
+                    vm = F.make_vm(seed, fill=fill,
+                                   devices=[("drive-efidisk0", 540672),
+                                            ("drive-scsi0", 130 * F.CLUSTER + 36352)])
+                    self.extents_of(F.canonical_archive(vm), vm)
+        m = F.mutate_vm(vm_for(1), 5, fraction=0.05)
+        self.extents_of(F.canonical_archive(m), m)
+
+    def test_dest_kinds_and_file_backed_disks(self):
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="vmatest-fx-") as tmp:
+            vm_file = F.make_vm(6, directory=tmp)
+            vm_mem = F.make_vm(6)
+            ref = F.canonical_archive(vm_mem)
+            path = os.path.join(tmp, "c.vma")
+            self.assertEqual(F.canonical_archive(vm_file, path), len(ref))
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), ref)
+            bio = io.BytesIO()
+            self.assertEqual(F.canonical_archive(vm_file, bio), len(ref))
+            self.assertEqual(bio.getvalue(), ref)
+            self.assertEqual(F.canonical_extents(vm_file), F.canonical_extents(vm_mem))
 
 
 class Broken(unittest.TestCase):

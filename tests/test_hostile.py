@@ -123,7 +123,7 @@ def error_cases(abs_dir):
     def ext_range(e, extra=0):
         return (e.offset, e.end + extra)
 
-    # ---- main header (§5.1) ----
+    # ---- main header (FORMAT.md "Header checks, in order") ----
     add(Case("bad magic", _hdr_edit(d, lambda b: b.__setitem__(slice(0, 4), b"VMB\0"), fix=False), ("not a vma archive",)))
     add(Case("extent magic as main magic", _hdr_edit(d, lambda b: b.__setitem__(slice(0, 4), b"VMAE")),
              ("not a vma archive",)))
@@ -162,12 +162,12 @@ def error_cases(abs_dir):
     add(Case("device 2 size 0 but extents use it", _hdr_edit(d, lambda b: b.__setitem__(slice(4096 + 64 + 8, 4096 + 64 + 16), bytes(8))),
              ("unknown device", "size"), cat="drive-scsi0"))
 
-    # device sizes beyond the format limit (< 2^32 clusters, format doc 2.5)
+    # device sizes beyond the format limit (< 2^32 clusters, FORMAT.md "Size limits")
     for v, what in ((1 << 63, "2^63"), ((1 << 64) - 1, "2^64-1"), (1 << 48, "2^48 (2^32 clusters)")):
         add(Case("device 2 size %s" % what, _hdr_edit(d, lambda b, v=v: struct.pack_into(">Q", b, 4096 + 64 + 8, v)),
                  ("size", "missing cluster"), cat="drive-scsi1"))
 
-    # ---- extents (§5.2) ----
+    # ---- extents (FORMAT.md "Extent checks, in order") ----
     r1 = ext_range(e1)
     add(Case("extent magic VMAX", _ext_edit(d, e1, lambda b, o: b.__setitem__(slice(o, o + 4), b"VMAX")), ("extent magic",), r1))
     add(Case("extent md5 flipped", _ext_edit(d, e1, lambda b, o: b.__setitem__(o + 30, b[o + 30] ^ 4), fix=False),
@@ -319,7 +319,7 @@ def name_cases(abs_dir):
     cases.append(Case("device name not UTF-8", _names_header(d, vm, dev_names={2: b"drive-\xff\xfe"}), kind="weird"))
     cases.append(Case("device name with newline", _names_header(d, vm, dev_names={2: b"drive-a\nCFG: x"}), kind="weird"))
     cases.append(Case("config name not UTF-8", _names_header(d, vm, cfg_names={1: b"fw-\xe9\x80"}), kind="weird"))
-    # header reserved fields: Proxmox does not check them (format doc 5.1) and the oracle accepts them, so they
+    # header reserved fields: Proxmox does not check them (FORMAT.md "Header checks, in order") and the oracle accepts them, so they
     # are tolerated: success (with unchanged content) or a clean error naming "reserved"
     cases.append(Case("header reserved @60 nonzero (tolerated)", _hdr_edit(d, lambda b: b.__setitem__(60, 1)),
                       ("reserved",), kind="weird"))
@@ -405,7 +405,7 @@ def check_common(tc, case, r):
 
 
 def check_failed_cleanly(tc, case, r, keywords, offset):
-    """A bad archive: exit 1 (SPEC: invalid/corrupt/incomplete archive), clean message naming the problem."""
+    """A bad archive: exit 1 (README.md "Exit status": invalid/corrupt/incomplete archive), clean message naming the problem."""
     cmd = r["cmd"]
     check_common(tc, case, r)
     err = r["err"].decode("utf-8", "replace")
@@ -486,7 +486,7 @@ class _MatrixBase(unittest.TestCase):
 
 
 class CorruptArchives(_MatrixBase):
-    """Every error case of format doc §5.1-§5.3 x every command."""
+    """Every error case of FORMAT.md "What Proxmox's reader accepts and refuses" x every command."""
     cases_fn = staticmethod(error_cases)
 
     def test_catalogue_size(self):

