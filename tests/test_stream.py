@@ -89,7 +89,7 @@ class ReorderBoundsTest(unittest.TestCase):
         with open(path, "rb") as f:
             source = tool.Source.__new__(tool.Source)
             source.stream, source.seekable, source.size, source.compression = f, False, None, None
-            source.process = None
+            source.decompressor = None
             reader = tool.VmaReader(source)
             scan = tool.ArchiveScan(reader.header)
             reorder = tool.Reorder(scan, Out(), reader.header.devices, memory, self.tmp)
