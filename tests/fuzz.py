@@ -814,6 +814,9 @@ def check_case(data, workdir, commands, timeout=20, strict_oracle=False, orc=Non
         elif cmd == "unpack":
             target = os.path.join(dest, "out")
             args = ["unpack", src, target]
+        elif cmd == "stream":
+            # one pass through a pipe, every cluster through the scratch file when memory is 0
+            args = ["optimize", "--memory", ("0", "64K", "64M")[len(data) % 3], "--tmpdir", tmp, "-", "-"]
         elif cmd == "cat":
             devs = header_devices(data)
             names = [n for n, _ in devs.values() if n]
@@ -823,7 +826,11 @@ def check_case(data, workdir, commands, timeout=20, strict_oracle=False, orc=Non
         else:
             raise ValueError(cmd)
         before = snapshot(job)
-        rc, out, err, dt, to = run(args, cwd=cwd, tmpdir=tmp, timeout=timeout)
+        if cmd == "stream":
+            with open(src, "rb") as stdin:
+                rc, out, err, dt, to = run(args, cwd=cwd, tmpdir=tmp, timeout=timeout, stdin=stdin)
+        else:
+            rc, out, err, dt, to = run(args, cwd=cwd, tmpdir=tmp, timeout=timeout)
         after = snapshot(job)
         fails += clean_problems(cmd, rc, err, to, allow_many=(cmd == "verify"))
         if to:
@@ -845,6 +852,8 @@ def check_case(data, workdir, commands, timeout=20, strict_oracle=False, orc=Non
                 fails.append("optimize: failed (rc %d) but left %s" % (rc, target))
             if cmd == "inplace" and sha(target) != src_sha:
                 fails.append("inplace: failed (rc %d) but changed the original" % rc)
+            if cmd == "stream" and out and oracle(out)[0] != "invalid":
+                fails.append("stream: failed (rc %d) but its partial output is a valid archive" % rc)
             if cmd == "unpack" and os.path.isdir(target) and any(os.scandir(target)):
                 notes.append("unpack: failed but left files in the destination: %s" % sorted(os.listdir(target))[:6])
             if status == "ok" and rc in (1, 3):
@@ -858,14 +867,14 @@ def check_case(data, workdir, commands, timeout=20, strict_oracle=False, orc=Non
             status_cat, reason = oracle(data, complete={args[2]})[:2]
             if status_cat == "invalid":
                 fails.append("cat: exit 0 on an archive the oracle rejects (%s)" % reason[:200])
-        elif status == "invalid" and cmd in ("verify", "optimize", "inplace", "unpack"):
+        elif status == "invalid" and cmd in ("verify", "optimize", "inplace", "unpack", "stream"):
             fails.append("%s: exit 0 on an archive the oracle rejects (%s)" % (cmd, orc[1][:200]))
         if status == "invalid" and cmd == "info":
             notes.append("info: exit 0 on an archive the oracle rejects (%s)" % orc[1][:120])
         if cmd == "verify" and b"ok" not in out:
             fails.append("verify: exit 0 without 'ok' on stdout")
-        if cmd in ("optimize", "inplace"):
-            o = oracle(target)
+        if cmd in ("optimize", "inplace", "stream"):
+            o = oracle(out if cmd == "stream" else target)
             if o[0] == "invalid":
                 fails.append("%s: exit 0 but output does not restore: %s" % (cmd, o[1][:200]))
             elif o[0] == "ok" and status == "ok" and not same_content(o[1], orc[1]):
@@ -901,6 +910,8 @@ def check_case(data, workdir, commands, timeout=20, strict_oracle=False, orc=Non
 def commands_for(case, full=True):
     if full:
         cmds = ["verify", "info", "optimize", "unpack"]
+        if case % 3 == 0:
+            cmds.append("stream")
         if case % 5 == 0:
             cmds.append("inplace")
         if case % 7 == 0:
