@@ -552,6 +552,28 @@ def _extent_header(uuid, slots, block_count):
     return hdr
 
 
+class _Output:
+    """Where write_archive and canonical_archive put an archive: dest is a path, a binary file
+    object, or None (collect the bytes).  result(): the bytes for None, else the length."""
+
+    def __init__(self, dest):
+        self.parts = [] if dest is None else None
+        self.file = open(dest, "wb") if dest is not None and not hasattr(dest, "write") else None
+        self._write = self.parts.append if dest is None else (self.file or dest).write
+        self.total = 0
+
+    def write(self, data):
+        self._write(data)
+        self.total += len(data)
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+
+    def result(self):
+        return b"".join(self.parts) if self.parts is not None else self.total
+
+
 def write_archive(vm, dest=None, seed=0, order="proxmox", per_extent=58, uuid=None,
                   empty_extents=False, stored_zero_blocks=False, tail_garbage=False, dev_ids=None,
                   omit=(), duplicate=(), device_break=False, chunk=16):
@@ -633,21 +655,9 @@ def write_archive(vm, dest=None, seed=0, order="proxmox", per_extent=58, uuid=No
         if tail_garbage and d.size % BLOCK:
             garbage[di] = bytes(grng.randint(1, 255) for _ in range(BLOCK - d.size % BLOCK))
 
-    own = False
-    out_list = None
-    if dest is None:
-        out_list = []
-        write = out_list.append
-    elif hasattr(dest, "write"):
-        write = dest.write
-    else:
-        f = open(dest, "wb")
-        own = True
-        write = f.write
-    total = 0
+    out = _Output(dest)
     try:
-        write(header)
-        total += len(header)
+        out.write(header)
         for ext in extents:
             slots = []
             pieces = []
@@ -687,17 +697,13 @@ def write_archive(vm, dest=None, seed=0, order="proxmox", per_extent=58, uuid=No
                             pieces.append(blk)
                             nblk += 1
                 slots.append((mask, ids[di], c))
-            write(_extent_header(uuid, slots, nblk))
-            write(b"".join(pieces))
-            total += EXTENT_HEADER + nblk * BLOCK
+            out.write(_extent_header(uuid, slots, nblk))
+            out.write(b"".join(pieces))
     finally:
         for rd in readers:
             rd.close()
-        if own:
-            f.close()
-    if out_list is not None:
-        return b"".join(out_list)
-    return total
+        out.close()
+    return out.result()
 
 
 def _block_probe(data):
@@ -797,38 +803,21 @@ def canonical_archive(vm, dest=None):
     header = build_header(vm.ctime, vm.configs,
                           [(vm.dev_ids[i], d.name, d.size) for i, d in enumerate(vm.devices)],
                           CANONICAL_UUID)
-    own = False
-    out_list = None
-    if dest is None:
-        out_list = []
-        write = out_list.append
-    elif hasattr(dest, "write"):
-        write = dest.write
-    else:
-        f = open(dest, "wb")
-        own = True
-        write = f.write
-    total = 0
+    out = _Output(dest)
     try:
-        write(header)
-        total += len(header)
+        out.write(header)
         if not vm.devices:
-            write(_extent_header(CANONICAL_UUID, [], 0))
-            total += EXTENT_HEADER
+            out.write(_extent_header(CANONICAL_UUID, [], 0))
         for di in order:
             dev_id = vm.dev_ids[di]
             for ext in _canonical_device_extents(vm.disks[di], vm.devices[di].size):
                 slots = [(mask, dev_id, c) for c, mask, _ in ext]
                 blocks = [b for _, _, bl in ext for b in bl]
-                write(_extent_header(CANONICAL_UUID, slots, len(blocks)))
-                write(b"".join(blocks))
-                total += EXTENT_HEADER + len(blocks) * BLOCK
+                out.write(_extent_header(CANONICAL_UUID, slots, len(blocks)))
+                out.write(b"".join(blocks))
     finally:
-        if own:
-            f.close()
-    if out_list is not None:
-        return b"".join(out_list)
-    return total
+        out.close()
+    return out.result()
 
 
 # ---------------------------------------------------------------------------------------------
