@@ -116,6 +116,14 @@ class HookTest(support.ScratchCase):
         self.assertEqual(self.read(plain), self.canonical())
         self.assertEqual(self.read(plain + ".notes"), b"my notes\n")
 
+    def test_plain_never_replaces_an_existing_vma(self):
+        path, data = self.dump("vzdump-qemu-100-2026_11_29-01_00_00.vma.gz", "gz")
+        other = self.put("vzdump-qemu-100-2026_11_29-01_00_00.vma", b"another backup")
+        conf = self.put("vma-tool.conf", b"compressed = plain\n")
+        r = fake_vzdump("backup-end", path, config=conf)
+        support.assert_clean_error(self, r, "exists", code=3)
+        self.assertEqual((self.read(path), self.read(other)), (data, b"another backup"))
+
     def test_bad_settings_and_bad_archive_fail_one_line(self):
         path, data = self.dump("vzdump-qemu-100-2026_11_29-01_00_00.vma")
         conf = self.put("vma-tool.conf", b"compressed = sometimes\n")
