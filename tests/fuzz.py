@@ -232,6 +232,40 @@ def header_devices(b):
     return out
 
 
+def build_header(uuid, ctime, configs, devices, blob_size_padded=False):
+    """configs: [(name_bytes, data_bytes)], devices: {dev_id: (name_bytes, size)} -> header bytes (md5 ok).
+    Names get a terminating NUL; name bytes are used verbatim (hostile names welcome)."""
+    blobs = bytearray(b"\0")
+    hdr = bytearray(FIXED)
+
+    def add(payload):
+        off = len(blobs)
+        blobs.extend(struct.pack("<H", len(payload)))
+        blobs.extend(payload)
+        return off
+
+    for i, (name, data) in enumerate(configs):
+        put_u32(hdr, 2044 + 4 * i, add(name + b"\0"))
+        put_u32(hdr, 3068 + 4 * i, add(data))
+    for dev_id in sorted(devices):
+        name, size = devices[dev_id]
+        o = 4096 + 32 * dev_id
+        put_u32(hdr, o, add(name + b"\0"))
+        struct.pack_into(">Q", hdr, o + 8, size)
+    used = len(blobs)
+    cap = max(512, (used + 511) // 512 * 512)
+    hdr[0:4] = b"VMA\0"
+    put_u32(hdr, 4, 1)
+    hdr[8:24] = uuid
+    struct.pack_into(">q", hdr, 24, ctime)
+    put_u32(hdr, 48, FIXED)
+    put_u32(hdr, 52, cap if blob_size_padded else used)
+    put_u32(hdr, 56, FIXED + cap)
+    out = hdr + blobs + bytes(cap - used)
+    fix_header_md5(out)
+    return bytes(out)
+
+
 def config_slots(b):
     """[(slot, name_ptr, data_ptr)] of used config slots."""
     out = []
