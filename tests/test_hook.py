@@ -147,7 +147,7 @@ class HookTest(support.ScratchCase):
 class ResticPipelineTest(support.ScratchCase):
     """Two days of a VM through `vma-tool optimize - - | restic backup --stdin`, back through
     `restic dump | vma-tool unpack -`: disks identical, day 2 costs far less than the original
-    archive's day 2 (3 MiB of a 96 MiB disk rewritten)."""
+    archive's day 2 (3 MiB of a 192 MiB disk rewritten)."""
 
     def restic(self, repo, *args, input=None, check=True):
         env = dict(os.environ, RESTIC_PASSWORD="test", RESTIC_REPOSITORY=repo, RESTIC_CACHE_DIR=self.path("cache"))
@@ -158,7 +158,7 @@ class ResticPipelineTest(support.ScratchCase):
         return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(repo) for f in fs)
 
     def test_two_days(self):
-        day1 = vf.make_vm(5601, devices=[("drive-scsi0", 96 << 20)], fill=0.7)
+        day1 = vf.make_vm(5601, devices=[("drive-scsi0", 192 << 20)], fill=0.7)
         day2 = day1.copy()              # a guest rewrote 2 MiB and grew a file by 1 MiB
         rng = random.Random(5603)
         day2.disks[0][8 << 20:10 << 20] = rng.randbytes(2 << 20)
@@ -185,8 +185,9 @@ class ResticPipelineTest(support.ScratchCase):
                 with open(self.path("restored", "disk-drive-scsi0.raw"), "rb") as f:
                     self.assertTrue(f.read() == bytes(day2.disks[0]), "restored disk differs")
         # each repository has its own random chunker polynomial, so the figures vary from run to
-        # run (optimized 9-16 MB against 40 MB seen); the original archive changes almost whole
-        self.assertLess(sizes["optimized"], 0.6 * sizes["original"], sizes)
+        # run (optimized mostly 9-12 MB, once 30 MB, for 3 MiB changed; raw disks about 4 MB); the
+        # original archive changes almost whole (80 MB)
+        self.assertLess(sizes["optimized"], 0.5 * sizes["original"], sizes)
 
 
 class InstallTest(support.ScratchCase):
