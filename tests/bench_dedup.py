@@ -1,10 +1,22 @@
 #!/usr/bin/env python3
 """Deduplication benchmark for vma-tool (run by `make bench-dedup`).
 
-Builds disk A and disk B = A "one day later" (about 1 % of the 4 KiB blocks rewritten, mostly in
-a few hot regions, plus some appended, freed and newly filled blocks), writes two Proxmox-like
-archives a.vma / b.vma with the fixture writer (different uuid, ctime and cluster disorder) and
-measures how much a backup tool has to store for b once a is stored, for these variants:
+Measures how much a backup tool has to store for day 2 of a VM once day 1 is stored, for two
+disk models, each written as two Proxmox-like archives a.vma / b.vma with the fixture writer
+(different uuid, ctime and cluster disorder):
+
+  synthetic   disk A with unique content (runs of data, zero runs, sparse areas, free space;
+              about 14 % of the data blocks hold an aligned 128-byte run of zero bytes, as real
+              file data does) and B = A "one day later": about 1 % of the 4 KiB blocks rewritten,
+              mostly in a few hot regions, plus some appended, freed and newly filled blocks
+  ext4        a real ext4 file system made without mounting (tests/diskmodel.py: mke2fs -d of a
+              generated tree of packages, a database, logs, an apt cache; day 2 with debugfs -w:
+              packages upgraded, installed and removed, database pages rewritten in place, logs
+              grown); free space zero.  A second column, "ext4 old data", is the same day 2 with
+              the freed blocks keeping their old data (a guest without discard).  Skipped when
+              mke2fs, debugfs or dumpe2fs (e2fsprogs) is missing.
+
+Variants (rows):
 
   raw           the disk images themselves (concatenated; the floor)
   original      the archives as Proxmox writes them
@@ -13,20 +25,33 @@ measures how much a backup tool has to store for b once a is stored, for these v
   optimized     vma-tool optimize
   + compressed: original .vma.zst as vzdump writes it (zstd --rsyncable), optimized archives
                 recompressed with zstd --rsyncable, and `vma-tool optimize a.vma.zst
-                out.vma.zst` (the tool decompresses and compresses itself; skipped without zstd)
+                out.vma.zst` (the tool decompresses and compresses itself; skipped without zstd;
+                not measured again when its files are identical to the previous row's)
 
-Tools: restic (fresh repo per variant, chunker parameters copied from one template repo so all
-repos cut chunks alike, compression off), borg (init --encryption none, create --compression
-none), rdiff (signature of a, delta of b).  For restic and borg the delta is the growth of the
-repository from backing up b.  A tool that is not installed is skipped with a note (Debian:
-apt-get install restic borgbackup rdiff zstd).
+Tools: restic (fresh repo per measurement, chunker parameters copied from one template repo so
+all repos cut chunks alike, compression off), borg (init --encryption none, create
+--compression none), rdiff (signature of a, delta of b).  For restic and borg the delta is the
+growth of the repository from backing up b.  A tool that is not installed is skipped with a note
+(Debian: apt-get install restic borgbackup rdiff zstd e2fsprogs).  Measurements run in parallel
+(--jobs).  The table shows each delta as a ratio to the raw images' delta of the same tool and
+column.
 
-Environment: DEDUP_SIZE (disk size, default 512M), DEDUP_SEED (default 1), VMA_TOOL, TMPDIR.
-Options: --markdown, --keep.  Stdlib only, Python 3.9+.
+restic's chunker polynomial is random per repository; all repositories of a run copy it from
+one template, but each run makes a new template unless DEDUP_RESTIC_TEMPLATE names a directory
+to keep it in, and restic's figures move by tens of percent from one polynomial to the next:
+compare runs (e.g. two vma-tool versions) only with the same template.
+
+Environment: DEDUP_SIZE (disk size, default 2G), DEDUP_SEED (default 1), DEDUP_MODELS
+(default synthetic,ext4), DEDUP_JOBS (default 2), DEDUP_RESTIC_TEMPLATE, VMA_TOOL, TMPDIR.
+Options: --size, --seed, --models, --jobs, --restic-template (override the environment),
+--markdown, --details (every measurement with its delta), --keep.  Stdlib only, Python 3.9+.
 """
 
 import argparse
+import concurrent.futures
+import filecmp
 import hashlib
+import itertools
 import os
 import random
 import shutil
@@ -34,10 +59,12 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import diskmodel  # noqa: E402
 import vmafixture  # noqa: E402
 from support import TOOL, parse_size  # noqa: E402
 
@@ -48,10 +75,22 @@ BLOCK = 4096
 CLUSTER = 65536
 EFIDISK_SIZE = 540672
 DAY = 86400
+ZERO_RUN_FRACTION = 0.14          # data blocks with an aligned 128-byte zero run (real ext4 data)
+
+VARIANTS = ("raw", "original", "ordered only", "optimized", "original .zst", "optimized .zst",
+            "optimized .zst (vma-tool)")
+LABELS = {"raw": "raw disks", "original": "original .vma", "ordered only":
+          "ordered only (random uuid)", "optimized": "optimized .vma",
+          "original .zst": "original .vma.zst", "optimized .zst": "optimized .vma.zst",
+          "optimized .zst (vma-tool)": "optimized .vma.zst (vma-tool)"}
+# the old-data column: enough rows to see the effect, fewer to keep the run short
+OLD_DATA_VARIANTS = ("raw", "original", "optimized", "optimized .zst")
+
+T0 = time.time()
 
 
 def log(*a):
-    print("bench-dedup:", *a, file=sys.stderr, flush=True)
+    print("bench-dedup: [%4.0f s]" % (time.time() - T0), *a, file=sys.stderr, flush=True)
 
 
 def human(n):
@@ -64,7 +103,7 @@ def human(n):
 
 
 # ---------------------------------------------------------------------------------------------
-# Disks A and B
+# Synthetic disks A and B
 
 
 _ALPHA = b"etaoinsrhld cumfpgwy\n.,ETAOIN0123"
@@ -72,9 +111,13 @@ _LOW = bytes.maketrans(bytes(range(256)), bytes(_ALPHA[i % len(_ALPHA)] for i in
 
 
 def data(rng, n):
-    """Unique data: half random (incompressible), half low-entropy text-like (compressible)."""
+    """Unique data: half random (incompressible), half low-entropy text-like (compressible);
+    about ZERO_RUN_FRACTION of its 4 KiB blocks hold a zero run (a file's zeroed tail or an
+    inner run, >= 256 bytes, so at least one aligned 128-byte run of zeros)."""
     b = rng.randbytes(n)
-    return b.translate(_LOW) if rng.random() < 0.5 else b
+    if rng.random() < 0.5:
+        b = b.translate(_LOW)
+    return diskmodel.add_zero_runs(rng, b, ZERO_RUN_FRACTION)
 
 
 def write_disk_a(path, size, rng):
@@ -209,7 +252,7 @@ def replace_uuid(path, uuid):
 
 
 # ---------------------------------------------------------------------------------------------
-# Tools
+# Tools (each delta() may run in parallel with others: every call has its own directories)
 
 
 def have(prog):
@@ -237,93 +280,111 @@ def run(cmd, env=None, cwd=None):
     return r
 
 
+_counter = itertools.count(1)
+_counter_lock = threading.Lock()
+
+
+def _workdir(tmp, prefix):
+    with _counter_lock:
+        n = next(_counter)
+    return os.path.join(tmp, "%s-%d" % (prefix, n))
+
+
 class Restic:
     name = "restic"
+    weight = 3                  # relative cost per byte (for scheduling)
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, template=None):
         self.tmp = tmp
         self.pwfile = os.path.join(tmp, "restic-password")
         with open(self.pwfile, "w") as f:
             f.write("bench\n")
-        self.env = dict(os.environ, RESTIC_PASSWORD="bench", RESTIC_CACHE_DIR=os.path.join(
-            tmp, "restic-cache"))
+        self.env = dict(os.environ, RESTIC_PASSWORD="bench")
         self.env.pop("RESTIC_REPOSITORY", None)
-        self.template = os.path.join(tmp, "restic-template")
-        run(["restic", "init", "-q", "--repo", self.template], env=self.env)
+        # the template's random chunker polynomial decides where restic cuts (except at zero
+        # runs): reuse one template (password "bench") to compare runs with each other
+        self.template = os.path.abspath(template) if template else os.path.join(
+            tmp, "restic-template")
+        if not os.path.exists(os.path.join(self.template, "config")):
+            run(["restic", "init", "-q", "--repo", self.template], env=dict(
+                self.env, RESTIC_CACHE_DIR=os.path.join(tmp, "restic-template-cache")))
         helptext = subprocess.run(["restic", "help", "backup"], stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT).stdout.decode()
         self.comp = ["--compression", "off"] if "--compression" in helptext else []
-        self.n = 0
         self.note = None
 
     def delta(self, a, b):
-        self.n += 1
-        repo = os.path.join(self.tmp, "restic-%d" % self.n)
+        work = _workdir(self.tmp, "restic")
+        repo = os.path.join(work, "repo")
+        env = dict(self.env, RESTIC_CACHE_DIR=os.path.join(work, "cache"))
+        os.makedirs(work)
         try:
-            run(["restic", "init", "-q", "--repo", repo, "--copy-chunker-params",
-                 "--from-repo", self.template, "--from-password-file", self.pwfile],
-                env=self.env)
-        except RuntimeError as e:        # old restic: each repo gets its own polynomial
-            shutil.rmtree(repo, ignore_errors=True)
-            run(["restic", "init", "-q", "--repo", repo], env=self.env)
-            self.note = "restic: chunker parameters not copied (%s); figures vary more" % e
-        try:
-            run(["restic", "--repo", repo, "-q"] + self.comp + ["backup", a], env=self.env)
+            try:
+                run(["restic", "init", "-q", "--repo", repo, "--copy-chunker-params",
+                     "--from-repo", self.template, "--from-password-file", self.pwfile],
+                    env=env)
+            except RuntimeError as e:        # old restic: each repo gets its own polynomial
+                shutil.rmtree(repo, ignore_errors=True)
+                run(["restic", "init", "-q", "--repo", repo], env=env)
+                self.note = "restic: chunker parameters not copied (%s); figures vary more" % e
+            run(["restic", "--repo", repo, "-q"] + self.comp + ["backup", a], env=env)
             s1 = dir_size(repo)
-            run(["restic", "--repo", repo, "-q"] + self.comp + ["backup", b], env=self.env)
+            run(["restic", "--repo", repo, "-q"] + self.comp + ["backup", b], env=env)
             return dir_size(repo) - s1
         finally:
-            shutil.rmtree(repo, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
 
 
 class Borg:
     name = "borg"
+    weight = 1
 
     def __init__(self, tmp):
         self.tmp = tmp
-        self.env = dict(os.environ, BORG_BASE_DIR=os.path.join(tmp, "borg-base"),
-                        BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
+        self.env = dict(os.environ, BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
                         BORG_RELOCATED_REPO_ACCESS_IS_OK="yes", BORG_PASSPHRASE="")
         self.env.pop("BORG_REPO", None)
-        self.n = 0
 
     def delta(self, a, b):
-        self.n += 1
-        repo = os.path.join(self.tmp, "borg-%d" % self.n)
-        run(["borg", "init", "--encryption", "none", repo], env=self.env)
+        work = _workdir(self.tmp, "borg")
+        repo = os.path.join(work, "repo")
+        env = dict(self.env, BORG_BASE_DIR=os.path.join(work, "base"))
+        os.makedirs(work)
         try:
-            run(["borg", "create", "--compression", "none", repo + "::a", a], env=self.env)
+            run(["borg", "init", "--encryption", "none", repo], env=env)
+            run(["borg", "create", "--compression", "none", repo + "::a", a], env=env)
             s1 = dir_size(repo)
-            run(["borg", "create", "--compression", "none", repo + "::b", b], env=self.env)
+            run(["borg", "create", "--compression", "none", repo + "::b", b], env=env)
             return dir_size(repo) - s1
         finally:
-            shutil.rmtree(repo, ignore_errors=True)
-            shutil.rmtree(os.path.join(self.tmp, "borg-base"), ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
 
 
 class Rdiff:
     name = "rdiff"
+    weight = 1
 
     def __init__(self, tmp):
         self.tmp = tmp
 
     def delta(self, a, b):
-        sig = os.path.join(self.tmp, "rdiff.sig")
-        dl = os.path.join(self.tmp, "rdiff.delta")
+        work = _workdir(self.tmp, "rdiff")
+        os.makedirs(work)
+        sig = os.path.join(work, "sig")
+        dl = os.path.join(work, "delta")
         try:
             run(["rdiff", "signature", a, sig])
             run(["rdiff", "delta", sig, b, dl])
             return os.path.getsize(dl)
         finally:
-            for p in (sig, dl):
-                if os.path.exists(p):
-                    os.unlink(p)
+            shutil.rmtree(work, ignore_errors=True)
 
 
 TOOLS = (("restic", Restic), ("borg", Borg), ("rdiff", Rdiff))
 
 
 # ---------------------------------------------------------------------------------------------
+# Archives and their variants
 
 
 def vma_tool(*args):
@@ -332,108 +393,265 @@ def vma_tool(*args):
 
 
 def concat(paths, dst):
+    """Concatenate paths into dst, leaving holes for all-zero 1 MiB pieces."""
+    zero = bytes(MiB)
     with open(dst, "wb") as out:
         for p in paths:
             with open(p, "rb") as f:
-                shutil.copyfileobj(f, out, 8 * MiB)
+                while True:
+                    buf = f.read(MiB)
+                    if not buf:
+                        break
+                    if buf == zero[:len(buf)]:
+                        out.seek(len(buf), 1)
+                    else:
+                        out.write(buf)
+        out.truncate(out.tell())
 
 
 def zstd(src, dst):
-    run(["zstd", "-q", "-f", "--rsyncable", "-T0", src, "-o", dst])
+    """zstd --rsyncable in a pipe, as vzdump (default zstd threads 1) and vma-tool run it."""
+    with open(src, "rb") as f, open(dst, "wb") as g:
+        r = subprocess.run(["zstd", "--rsyncable", "-q", "-c"], stdin=f, stdout=g,
+                           stderr=subprocess.PIPE)
+    if r.returncode != 0:
+        raise RuntimeError("zstd failed (exit %d): %s" % (
+            r.returncode, r.stderr.decode("utf-8", "replace").strip()[:200]))
+
+
+def day_files(wdir, tag, vm, paths, archive_seed, uuid, notes, want=VARIANTS):
+    """{variant: path} of one day's disks (tag: file name prefix) for the variants in want."""
+    out = {}
+    if "raw" in want:
+        out["raw"] = os.path.join(wdir, tag + ".img")
+        concat(paths, out["raw"])
+    orig = os.path.join(wdir, tag + ".vma")
+    vmafixture.write_archive(vm, orig, seed=archive_seed, order="proxmox")
+    if "original" in want:
+        out["original"] = orig
+    opt = os.path.join(wdir, tag + "-opt.vma")
+    r = vma_tool("optimize", "-q", orig, opt)
+    if r.returncode != 0:
+        notes.append("vma-tool optimize %s failed (exit %d): %s; optimized variants skipped" % (
+            tag, r.returncode, r.stderr.decode("utf-8", "replace").strip()[:200]))
+        opt = None
+    else:
+        if "optimized" in want:
+            out["optimized"] = opt
+        if "ordered only" in want:
+            out["ordered only"] = os.path.join(wdir, tag + "-ord.vma")
+            shutil.copyfile(opt, out["ordered only"])
+            replace_uuid(out["ordered only"], uuid)
+    if have("zstd"):
+        za = orig + ".zst"
+        if any(v in want for v in ("original .zst", "optimized .zst (vma-tool)")):
+            zstd(orig, za)
+        if "original .zst" in want:
+            out["original .zst"] = za
+        if opt and "optimized .zst" in want:
+            out["optimized .zst"] = opt + ".zst"
+            zstd(opt, out["optimized .zst"])
+        if opt and "optimized .zst (vma-tool)" in want:
+            # the user's path: vma-tool reads the .vma.zst and writes .vma.zst itself
+            zt = os.path.join(wdir, tag + "-tool-opt.vma.zst")
+            r = vma_tool("optimize", "-q", za, zt)
+            if r.returncode != 0:
+                notes.append("vma-tool optimize %s .zst -> .zst failed (exit %d): %s" % (
+                    tag, r.returncode, r.stderr.decode("utf-8", "replace").strip()[:200]))
+            else:
+                out["optimized .zst (vma-tool)"] = zt
+    for path in (orig, opt):
+        if path and path not in out.values() and os.path.exists(path):
+            os.unlink(path)
+    return out
+
+
+class Column:
+    """One column of the report: a day-1/day-2 pair of disks and its variants' files."""
+
+    def __init__(self, name, devices, paths_a, paths_b):
+        self.name = name
+        self.devices = devices
+        self.paths_a = paths_a
+        self.paths_b = paths_b
+        self.files = {}              # variant -> (a, b)
+        self.same_as = {}            # variant -> earlier variant with identical files
+        self.info = []               # lines for the report
+        self.changed = None          # (blocks, clusters)
+        self.sizes = {}              # variant -> size of b's file
+
+
+def pair_columns(columns, sides):
+    """columns' files from sides {column name: (a-side {variant: path}, b-side {...})};
+    variants whose two files equal an earlier variant's are marked (not measured again)."""
+    for col in columns:
+        fa, fb = sides[col.name]
+        for v in VARIANTS:
+            if v in fa and v in fb:
+                col.files[v] = (fa[v], fb[v])
+        for i, v in enumerate(list(col.files)):
+            for w in list(col.files)[:i]:
+                if all(os.path.getsize(x) == os.path.getsize(y) and filecmp.cmp(x, y, False)
+                       for x, y in zip(col.files[v], col.files[w])):
+                    col.same_as[v] = col.same_as.get(w, w)
+                    break
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+def efidisk(paths, seed):
+    efi = random.Random("efi-%d" % seed).randbytes(4 * CLUSTER)
+    for p in paths:
+        with open(p, "wb") as f:
+            f.write(efi)
+            f.truncate(EFIDISK_SIZE)
+
+
+def synthetic_model(wdir, size, seed, notes):
+    rng = random.Random(seed)
+    devices = [("drive-efidisk0", EFIDISK_SIZE), ("drive-scsi0", size)]
+    pa = [os.path.join(wdir, "a-%s.raw" % n) for n, _ in devices]
+    pb = [os.path.join(wdir, "b-%s.raw" % n) for n, _ in devices]
+    efidisk([pa[0], pb[0]], seed)
+    used_end = write_disk_a(pa[1], size, rng)
+    writes = mutate_disk(pa[1], pb[1], size, used_end, rng)
+    kinds = {}
+    for k in writes.values():
+        kinds[k] = kinds.get(k, 0) + 1
+    col = Column("synthetic", devices, pa, pb)
+    n, nz = diskmodel.image_zero_run_stats(pa[1])
+    col.info.append("synthetic: day 2 block writes: " + ", ".join(
+        "%s %d" % (k, kinds[k]) for k in ("hot", "scattered", "appended", "freed", "filled")
+        if k in kinds))
+    col.info.append("synthetic: data blocks of A with an aligned 128-byte zero run: %.1f %% "
+                    "(%d of %d)" % (100.0 * nz / max(1, n), nz, n))
+    return [col], rng
+
+
+def ext4_model(wdir, size, seed, notes):
+    disks = diskmodel.build_ext4(os.path.join(wdir, "ext4"), size, seed, log=log)
+    notes.extend(disks.notes)
+    devices = [("drive-efidisk0", EFIDISK_SIZE), ("drive-scsi0", size)]
+    efi = [os.path.join(wdir, "efi-%s.raw" % x) for x in "ab"]
+    efidisk(efi, seed)
+    st = disks.stats
+    zero = Column("ext4", devices, [efi[0], disks.a], [efi[1], disks.b_zero])
+    old = Column("ext4 old data", devices, [efi[0], disks.a], [efi[1], disks.b_old])
+    n, nz = st["zero runs"]
+    d2 = st["day2"]
+    up = st["upgraded"]
+    zero.info.append(
+        "ext4: %d files in %d packages and the rest (%s), file system %d blocks, %d free on day 2; "
+        "file data blocks with an aligned 128-byte zero run: %.1f %% (%d of %d)" % (
+            st["files"], st["packages"], human(st["tree bytes"]), st["fs blocks"],
+            st["free blocks"], 100.0 * nz / max(1, n), nz, n))
+    zero.info.append(
+        "ext4: day 2: %d packages upgraded (%d files, %s rewritten), " % (up[0], up[1], human(
+            d2.get("upgraded", (0, 0))[1])) + ", ".join(
+            "%s %d (%s)" % (k, d2[k][0], human(d2[k][1])) for k in
+            ("new .deb", "installed", "removed", "db pages", "log growth", "journal") if k in d2) +
+        "; freed blocks still holding old data: %d (zeroed in \"ext4\", kept in \"ext4 old data\")"
+        % st["freed blocks with old data"])
+    return [zero, old], random.Random("ext4-archives-%d" % seed)
+
+
+MODELS = {"synthetic": synthetic_model, "ext4": ext4_model}
+
+
+def build_model(name, wdir, size, seed, notes):
+    """The model's columns with their files (every variant of both days)."""
+    columns, rng = MODELS[name](wdir, size, seed, notes)
+    for col in columns:
+        col.changed = tuple(map(sum, zip(*(changed_blocks(a, b) for a, b in
+                                          zip(col.paths_a, col.paths_b)))))
+    configs = vmafixture.default_configs(seed, columns[0].devices)
+    vm_a = vmafixture.VM(1700000000, configs, columns[0].devices, columns[0].paths_a)
+    side_a = day_files(wdir, "a", vm_a, columns[0].paths_a, seed * 100 + 1, rng.randbytes(16), notes)
+    sides = {}
+    for i, col in enumerate(columns):
+        vm_b = vmafixture.VM(1700000000 + DAY + 37, configs, col.devices, col.paths_b)
+        want = OLD_DATA_VARIANTS if col.name.endswith("old data") else VARIANTS
+        tag = "b" if i == 0 else "b%d" % i
+        sides[col.name] = (side_a, day_files(wdir, tag, vm_b, col.paths_b, seed * 100 + 2,
+                                             rng.randbytes(16), notes, want))
+    pair_columns(columns, sides)
+    return columns
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def measure(columns, tools, jobs, results, notes):
+    """Run every (tool, column, variant) measurement, jobs at a time, largest first; results:
+    {(column, variant, tool): delta}."""
+    work = []
+    for col in columns:
+        for v, (a, b) in col.files.items():
+            if v in col.same_as:
+                continue
+            for t in tools:
+                cost = t.weight * (os.path.getsize(a) + os.path.getsize(b))
+                work.append((cost, t, col, v, a, b))
+    work.sort(key=lambda w: -w[0])
+    done = [0]
+    lock = threading.Lock()
+
+    def one(item):
+        _cost, t, col, v, a, b = item
+        t1 = time.time()
+        try:
+            d = t.delta(a, b)
+        except (RuntimeError, OSError) as e:
+            with lock:
+                notes.append("%s %s %s: %s" % (t.name, col.name, v, e))
+            return
+        with lock:
+            results[(col.name, v, t.name)] = d
+            done[0] += 1
+            log("%2d/%d %-6s %-13s %-26s delta %s (%.0f s)" % (
+                done[0], len(work), t.name, col.name, v, human(d), time.time() - t1))
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:
+        for f in [ex.submit(one, w) for w in work]:
+            f.result()
+    for col in columns:
+        for v, w in col.same_as.items():
+            for t in tools:
+                if (col.name, w, t.name) in results:
+                    results[(col.name, v, t.name)] = results[(col.name, w, t.name)]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", default=os.environ.get("DEDUP_SIZE", "2G"),
+                    help="disk size (env DEDUP_SIZE, default 2G)")
+    ap.add_argument("--seed", type=int, default=int(os.environ.get("DEDUP_SEED", "1")),
+                    help="seed (env DEDUP_SEED, default 1)")
+    ap.add_argument("--models", default=os.environ.get("DEDUP_MODELS", "synthetic,ext4"),
+                    help="comma-separated models: synthetic, ext4 (env DEDUP_MODELS)")
+    ap.add_argument("--jobs", type=int, default=int(os.environ.get("DEDUP_JOBS", "2")),
+                    help="measurements run at once (env DEDUP_JOBS, default 2)")
+    ap.add_argument("--restic-template", default=os.environ.get("DEDUP_RESTIC_TEMPLATE"),
+                    help="restic repository (password 'bench') whose chunker parameters every "
+                    "restic repository copies; created if missing and then kept, so that runs "
+                    "compare (env DEDUP_RESTIC_TEMPLATE; default: a new one per run)")
     ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    ap.add_argument("--details", action="store_true", help="also print every delta")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     opts = ap.parse_args()
-    size = parse_size(os.environ.get("DEDUP_SIZE", "512M")) // BLOCK * BLOCK
-    seed = int(os.environ.get("DEDUP_SEED", "1"))
+    size = parse_size(opts.size) // BLOCK * BLOCK
+    models = [m.strip() for m in opts.models.split(",") if m.strip()]
+    for m in models:
+        if m not in MODELS:
+            ap.error("unknown model %r (known: %s)" % (m, ", ".join(MODELS)))
     tmp = tempfile.mkdtemp(prefix="vma-bench-dedup-", dir=os.environ.get("TMPDIR"))
     notes = []
+    skipped = []
+    log("disk %s, seed %d, models %s, %d jobs, in %s" % (human(size), opts.seed,
+                                                         ", ".join(models), opts.jobs, tmp))
     try:
-        t0 = time.time()
-        rng = random.Random(seed)
-        da, db = os.path.join(tmp, "A"), os.path.join(tmp, "B")
-        os.mkdir(da)
-        os.mkdir(db)
-        devices = [("drive-efidisk0", EFIDISK_SIZE), ("drive-scsi0", size)]
-        efi = rng.randbytes(4 * CLUSTER)
-        paths_a, paths_b = [], []
-        kinds = {}
-        for name, dsize in devices:
-            pa = os.path.join(da, "disk-%s.raw" % name)
-            pb = os.path.join(db, "disk-%s.raw" % name)
-            if name == "drive-efidisk0":
-                for p in (pa, pb):
-                    with open(p, "wb") as f:
-                        f.write(efi)
-                        f.truncate(dsize)
-            else:
-                used_end = write_disk_a(pa, dsize, rng)
-                writes = mutate_disk(pa, pb, dsize, used_end, rng)
-                for k in writes.values():
-                    kinds[k] = kinds.get(k, 0) + 1
-            paths_a.append(pa)
-            paths_b.append(pb)
-        nblk, ncl = 0, 0
-        for pa, pb in zip(paths_a, paths_b):
-            x, y = changed_blocks(pa, pb)
-            nblk += x
-            ncl += y
-        total_blocks = sum(-(-s // BLOCK) for _, s in devices)
-        configs = vmafixture.default_configs(seed, devices)
-        vma_a = vmafixture.VM(1700000000, configs, devices, paths_a)
-        vma_b = vmafixture.VM(1700000000 + DAY + 37, configs, devices, paths_b)
-        files = {}
-        files["raw"] = (os.path.join(tmp, "a.img"), os.path.join(tmp, "b.img"))
-        concat(paths_a, files["raw"][0])
-        concat(paths_b, files["raw"][1])
-        orig = (os.path.join(tmp, "a.vma"), os.path.join(tmp, "b.vma"))
-        vmafixture.write_archive(vma_a, orig[0], seed=seed * 100 + 1, order="proxmox")
-        vmafixture.write_archive(vma_b, orig[1], seed=seed * 100 + 2, order="proxmox")
-        files["original"] = orig
-        log("generated disks and archives (%.0f s)" % (time.time() - t0))
-
-        opt = (os.path.join(tmp, "opt-a.vma"), os.path.join(tmp, "opt-b.vma"))
-        ok = True
-        for s, d in zip(orig, opt):
-            r = vma_tool("optimize", "-q", s, d)
-            if r.returncode != 0:
-                ok = False
-                notes.append("vma-tool optimize failed (exit %d): %s; optimized variants skipped"
-                             % (r.returncode, r.stderr.decode("utf-8", "replace").strip()[:200]))
-                break
-        if ok:
-            ordered = (os.path.join(tmp, "ord-a.vma"), os.path.join(tmp, "ord-b.vma"))
-            for s, d in zip(opt, ordered):
-                shutil.copyfile(s, d)
-                replace_uuid(d, rng.randbytes(16))
-            files["ordered only"] = ordered
-            files["optimized"] = opt
-        if have("zstd"):
-            za = tuple(p + ".zst" for p in orig)
-            for s, d in zip(orig, za):
-                zstd(s, d)
-            files["original .zst"] = za
-            if ok:
-                zo = tuple(p + ".zst" for p in opt)
-                for s, d in zip(opt, zo):
-                    zstd(s, d)
-                files["optimized .zst"] = zo
-                # the user's path: vma-tool reads the .vma.zst and writes .vma.zst itself
-                zt = tuple(os.path.join(tmp, "tool-opt-%s.vma.zst" % x) for x in "ab")
-                for s, d in zip(za, zt):
-                    r = vma_tool("optimize", "-q", s, d)
-                    if r.returncode != 0:
-                        notes.append("vma-tool optimize .zst -> .zst failed (exit %d): %s" % (
-                            r.returncode, r.stderr.decode("utf-8", "replace").strip()[:200]))
-                        break
-                else:
-                    files["optimized .zst (vma-tool)"] = zt
-        else:
-            notes.append("zstd not installed: compressed variants skipped")
-
         versions = []
         for prog, arg in (("restic", "version"), ("borg", "--version"), ("rdiff", "--version"),
                           ("zstd", "--version")):
@@ -441,32 +659,59 @@ def main():
                 r = subprocess.run([prog, arg], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                 line = r.stdout.decode("utf-8", "replace").strip().splitlines()[:1]
                 versions.append(line[0][:60] if line else prog)
-        if versions:
-            notes.insert(0, "versions: " + "; ".join(versions))
-        results = []     # (tool, variant, delta, size of b)
+        if "ext4" in models and not diskmodel.ext4_missing():
+            r = subprocess.run([diskmodel._prog("mke2fs"), "-V"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+            versions.append(r.stdout.decode("utf-8", "replace").strip().splitlines()[0])
+        r = vma_tool("--version")
+        with open(TOOL, "rb") as f:
+            versions.append("%s (sha256 %s)" % (r.stdout.decode().strip() or "vma-tool",
+                                                hashlib.sha256(f.read()).hexdigest()[:12]))
+        notes.append("versions: " + "; ".join(versions))
+        tools = []
         for pname, cls in TOOLS:
             if not have(pname):
                 notes.append("%s not installed: skipped" % pname)
                 continue
             try:
-                t = cls(tmp)
+                tools.append(cls(tmp, opts.restic_template) if cls is Restic else cls(tmp))
             except (RuntimeError, OSError) as e:
                 notes.append("%s unusable: %s" % (pname, e))
-                continue
-            for variant, (a, b) in files.items():
-                t1 = time.time()
-                try:
-                    d = t.delta(a, b)
-                except (RuntimeError, OSError) as e:
-                    notes.append("%s %s: %s" % (pname, variant, e))
+        if not have("zstd"):
+            notes.append("zstd not installed: compressed variants skipped")
+        columns = []
+        results = {}
+        for m in models:
+            if m == "ext4":
+                why = diskmodel.ext4_missing()
+                if not why and size < 66 * MiB:
+                    why = "disk smaller than 66 MiB"
+                if why:
+                    skipped.append("ext4 model skipped: %s" % why)
+                    log(skipped[-1])
                     continue
-                results.append((pname, variant, d, os.path.getsize(b)))
-                log("%-6s %-15s delta %s (%.0f s)" % (pname, variant, human(d), time.time() - t1))
+            wdir = os.path.join(tmp, m)
+            os.mkdir(wdir)
+            t1 = time.time()
+            log("%s: generating disks and archives" % m)
+            try:
+                cols = build_model(m, wdir, size, opts.seed, notes)
+            except (RuntimeError, OSError, ValueError) as e:
+                skipped.append("%s model failed: %s" % (m, e))
+                log(skipped[-1])
+                continue
+            log("%s: disks and archives ready (%.0f s); measuring" % (m, time.time() - t1))
+            measure(cols, tools, opts.jobs, results, notes)
+            for col in cols:
+                col.sizes = {v: os.path.getsize(b) for v, (_a, b) in col.files.items()}
+            columns += cols
+            if not opts.keep:
+                shutil.rmtree(wdir, ignore_errors=True)
+        for t in tools:
             if getattr(t, "note", None):
                 notes.append(t.note)
-
         sys.stdout.flush()
-        report(opts.markdown, results, notes, devices, nblk, ncl, total_blocks, files, kinds)
+        report(opts, size, columns, tools, results, notes, skipped)
         return 0
     finally:
         if opts.keep:
@@ -475,39 +720,103 @@ def main():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def report(markdown, results, notes, devices, nblk, ncl, total_blocks, files, kinds):
-    raw = {t: d for t, v, d, _ in results if v == "raw"}
-    print("vma-tool dedup bench: disks %s; B = A one day later: %d of %d 4 KiB blocks changed "
-          "(%.2f %%, %s), in %d 64 KiB clusters" % (
-              ", ".join("%s %s" % (n, human(s)) for n, s in devices), nblk, total_blocks,
-              100.0 * nblk / max(1, total_blocks), human(nblk * BLOCK), ncl))
-    print("block writes: " + ", ".join("%s %d" % (k, kinds[k]) for k in
-                                       ("hot", "scattered", "appended", "freed", "filled")
-                                       if k in kinds))
-    print("sizes of b: " + ", ".join("%s %s" % (v, human(os.path.getsize(p[1])))
-                                     for v, p in files.items()))
-    header = ["tool", "variant", "delta size", "space saved", "ratio to raw"]
-    rows = []
-    for t, v, d, bsize in results:
-        saved = 100.0 * (1 - d / bsize) if bsize else 0.0
-        if abs(saved) < 0.05:
-            saved = 0.0
-        ratio = ("%.2f" % (d / raw[t])) if raw.get(t) else "-"
-        rows.append([t, v, human(d), "%.1f %%" % saved, ratio])
-    if markdown:
+def _short(n):
+    for unit, m in (("G", 1 << 30), ("M", MiB), ("K", 1024)):
+        if abs(n) >= m:
+            return "%.1f%s" % (n / m, unit)
+    return "%dB" % n
+
+
+def report(opts, size, columns, tools, results, notes, skipped):
+    tnames = [t.name for t in tools]
+    print("vma-tool dedup bench: VM with drive-efidisk0 %s and drive-scsi0 %s, seed %d; delta "
+          "of day 2 once day 1 is stored, as a ratio to the raw disks' delta (same tool and "
+          "column)" % (human(EFIDISK_SIZE), human(size), opts.seed))
+    for col in columns:
+        for line in col.info:
+            print(line)
+        total = sum(-(-s // BLOCK) for _, s in col.devices)
+        nblk, ncl = col.changed
+        print("%s: %d of %d 4 KiB blocks changed (%.2f %%, %s) in %d 64 KiB clusters; b: %s" % (
+            col.name, nblk, total, 100.0 * nblk / max(1, total), human(nblk * BLOCK), ncl,
+            ", ".join("%s %s" % (v, human(s)) for v, s in col.sizes.items()
+                      if v not in col.same_as)))
+    for s in skipped:
+        print(s)
+    if not columns or not tnames:
+        for n in notes:
+            print("note: " + n)
+        return
+    rows = [v for v in VARIANTS if any(v in c.files for c in columns)]
+    header = ["variant"] + ["%s %s" % (c.name, t) for c in columns for t in tnames]
+    table = [["raw disks: delta"] + [
+        _short(results[(c.name, "raw", t)]) if (c.name, "raw", t) in results else "-"
+        for c in columns for t in tnames]]
+    for v in rows:
+        line = [LABELS[v]]
+        for c in columns:
+            for t in tnames:
+                d = results.get((c.name, v, t))
+                raw = results.get((c.name, "raw", t))
+                line.append("%.2f" % (d / raw) if d is not None and raw else "-")
+        table.append(line)
+    if opts.markdown:
         print()
         print("| " + " | ".join(header) + " |")
-        print("|---|---|---:|---:|---:|")
-        for r in rows:
+        print("|---" + "|---:" * (len(header) - 1) + "|")
+        for r in table:
             print("| " + " | ".join(r) + " |")
+        print()
     else:
-        w = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-        fmt = "  ".join(("%%-%ds" if i < 2 else "%%%ds") % x for i, x in enumerate(w))
-        print(fmt % tuple(header))
-        for r in rows:
-            print(fmt % tuple(r))
+        # two header lines: column names over their tools
+        w0 = max(len(r[0]) for r in table + [header])
+        wt = [max(6, max(len(r[i]) for r in table)) for i in range(1, len(header))]
+        top, sub = [" " * w0], ["variant".ljust(w0)]
+        i = 0
+        for c in columns:
+            span = sum(wt[i:i + len(tnames)]) + 2 * (len(tnames) - 1)
+            top.append(c.name.center(span))
+            sub.append("  ".join(t.rjust(wt[i + k]) for k, t in enumerate(tnames)))
+            i += len(tnames)
+        print("   ".join(top).rstrip())
+        print("   ".join(sub))
+        for r in table:
+            cells = [r[0].ljust(w0)]
+            i = 1
+            for c in columns:
+                cells.append("  ".join(r[i + k].rjust(wt[i - 1 + k]) for k in range(len(tnames))))
+                i += len(tnames)
+            print("   ".join(cells))
+    byname = {c.name: c for c in columns}
+    for c in columns:
+        for v, w in c.same_as.items():
+            print("%s: %s has the same files as %s (not measured again)" % (c.name, LABELS[v],
+                                                                          LABELS[w]))
+    if "ext4" in byname and "ext4 old data" in byname:
+        parts = []
+        for t in tnames:
+            rz, ro = results.get(("ext4", "raw", t)), results.get(("ext4 old data", "raw", t))
+            oz = results.get(("ext4", "optimized", t))
+            oo = results.get(("ext4 old data", "optimized", t))
+            if rz and ro and oz is not None and oo is not None:
+                parts.append("%s: raw %s -> %s, optimized %.2f -> %.2f x raw (%s -> %s)" % (
+                    t, _short(rz), _short(ro), oz / rz, oo / ro, _short(oz), _short(oo)))
+        if parts:
+            print("free space holding old data (ext4, freed blocks not zeroed, no discard in "
+                  "the guest) vs zeroed: " + "; ".join(parts))
+    if opts.details:
+        print()
+        print("column         tool    variant                     delta       space saved")
+        for c in columns:
+            for v in c.files:
+                for t in tnames:
+                    d = results.get((c.name, v, t))
+                    if d is None:
+                        continue
+                    saved = 100.0 * (1 - d / c.sizes[v]) if c.sizes[v] else 0.0
+                    print("%-14s %-7s %-27s %11s %8.1f %%" % (c.name, t, v, human(d), saved))
     print("delta: repository growth from backing up b after a (restic, borg), delta file size "
-          "(rdiff); space saved: vs storing b whole; ratio to raw: delta / delta of the raw images")
+          "(rdiff); %.0f s in all" % (time.time() - T0))
     for n in notes:
         print("note: " + n)
 
