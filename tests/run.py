@@ -91,6 +91,8 @@ def run_parallel(mods, jobs, flags):
         for mod, r, seconds in pool.map(one, mods):
             text = r.stdout.decode("utf-8", "replace")
             found = SUMMARY.findall(text)
+            # only the total at the end is the plain summary line
+            text = SUMMARY.sub(lambda m: "%s: %s" % (mod, m.group(0)), text)
             sys.stdout.write("== %s (%.0f s)\n%s" % (mod, seconds, text if r.returncode or "-v" in flags
                                                        else text[-300:]))
             sys.stdout.flush()
