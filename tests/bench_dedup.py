@@ -189,24 +189,7 @@ def mutate_disk(src, dst, size, used_end, rng, fraction=0.01):
     return writes
 
 
-def changed_blocks(a, b):
-    """(changed 4 KiB blocks, changed 64 KiB clusters) between two equally sized files."""
-    nblk = 0
-    clusters = set()
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        off = 0
-        while True:
-            x = fa.read(4 * MiB)
-            y = fb.read(4 * MiB)
-            if not x and not y:
-                break
-            if x != y:
-                for o in range(0, max(len(x), len(y)), BLOCK):
-                    if x[o:o + BLOCK] != y[o:o + BLOCK]:
-                        nblk += 1
-                        clusters.add((off + o) // CLUSTER)
-            off += len(x)
-    return nblk, len(clusters)
+changed_blocks = diskmodel.changed_blocks
 
 
 # ---------------------------------------------------------------------------------------------

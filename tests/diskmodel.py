@@ -797,7 +797,7 @@ def build_ext4(workdir, disk_size, seed, log=lambda *a: None, fraction=0.01):
 
     # journal: the metadata writes (changed blocks that are no file data) copied in, plus
     # descriptor and commit blocks, from a seeded position on, wrapping
-    changed = _changed_blocks(a, b)
+    changed = changed_blocks(a, b)[0]
     data_blocks = sum(-(-s // BLOCK) for k, (n, s) in counts.items()
                       if k in ("upgraded", "new .deb", "installed")) + len(chosen)
     data_blocks += sum(-(-(o + n) // BLOCK) - o // BLOCK for o, n in log_new.values())
@@ -838,9 +838,12 @@ def build_ext4(workdir, disk_size, seed, log=lambda *a: None, fraction=0.01):
     return Ext4Disks(a, bz, b, stats, notes)
 
 
-def _changed_blocks(a, b):
-    n = 0
+def changed_blocks(a, b):
+    """(changed 4 KiB blocks, changed 64 KiB clusters) between two equally sized files."""
+    nblk = 0
+    clusters = set()
     with open(a, "rb") as fa, open(b, "rb") as fb:
+        off = 0
         while True:
             x = fa.read(4 * MiB)
             y = fb.read(4 * MiB)
@@ -849,5 +852,7 @@ def _changed_blocks(a, b):
             if x != y:
                 for o in range(0, max(len(x), len(y)), BLOCK):
                     if x[o:o + BLOCK] != y[o:o + BLOCK]:
-                        n += 1
-    return n
+                        nblk += 1
+                        clusters.add((off + o) // 65536)
+            off += len(x)
+    return nblk, len(clusters)
