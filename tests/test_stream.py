@@ -101,7 +101,7 @@ class ReorderBoundsTest(unittest.TestCase):
                 peak[0] = max(peak[0], reorder.memory_used)
             reorder.add_extent = add_extent
             tool.stream_archive(reader, scan, reorder)
-        return written, peak[0], reorder.scratch_peak, len(data)
+        return written, peak[0], reorder.scratch_end, len(data)
 
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="vmatest-")
