@@ -90,9 +90,9 @@ class ReorderBoundsTest(unittest.TestCase):
             source = tool.Source.__new__(tool.Source)
             source.stream, source.seekable, source.size, source.compression = f, False, None, None
             source.decompressor = None
-            reader = tool.VmaReader(source)
-            scan = tool.ArchiveScan(reader.header)
-            reorder = tool.Reorder(scan, Out(), reader.header.devices, memory, self.tmp)
+            archive = tool.Archive(source, "reading", quiet=True)
+            scan = tool.ArchiveScan(archive.header)
+            reorder = tool.Reorder(scan, Out(), archive.header.devices, memory, self.tmp)
             peak = [0]
             original = reorder.add_extent
 
@@ -100,7 +100,7 @@ class ReorderBoundsTest(unittest.TestCase):
                 original(extent, data)
                 peak[0] = max(peak[0], reorder.memory_used)
             reorder.add_extent = add_extent
-            tool.stream_archive(reader, scan, reorder)
+            tool.stream_archive(archive, scan, reorder)
         return written, peak[0], reorder.scratch_end, len(data)
 
     def setUp(self):

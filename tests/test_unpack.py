@@ -716,7 +716,9 @@ class UnpackWriteErrorTests(UnpackCase):
         extent = tool.ExtentHeader(16, bytes(16), [0xFFFF << 48 | 1 << 32 | 2])
         data = memoryview(bytearray(b"\x5a" * CLUSTER))
         with self.assertRaises(tool.EnvironmentProblem) as caught:
-            tool.write_extent_data(extent, data, {1: (tool.Writeback(fd), device)})
+            images = tool.ImageFiles()
+            images.add(fd, device)
+            images.add_extent(extent, data)
         self.assertIn("disk-drive-scsi0.raw", str(caught.exception))
 
 
