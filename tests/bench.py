@@ -21,8 +21,9 @@ with zstd, and times in one run, each figure next to the floor it is compared to
   pack (time <= 2 x cp -r images), verify, info
 
 and, unless BENCH_SCALE=0, verify / optimize / unpack of an archive with a 1 TiB sparse device
-(16.7 M clusters, a few MiB of data; written by a fast dedicated writer in this file): each
-< 60 s and < 200 MiB, and the optimized size within 1 % of SCALE_OPTIMIZED_BASELINE.
+(16.7 M clusters, a few MiB of data; written by vmafixture.write_sparse_archive, which streams
+the zero clusters without materialising the disk): each < 60 s and < 200 MiB, and the optimized
+size within 1 % of SCALE_OPTIMIZED_BASELINE.
 
 Every output is checked (cmp, once per row): all optimize outputs (file, in place, pipes, .zst
 decompressed) and pack's must be identical; unpacked images must equal the source images.
@@ -57,7 +58,6 @@ Stdlib only, Python 3.9+; zstd for the compressed rows.
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -65,7 +65,6 @@ import random
 import shlex
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -200,38 +199,8 @@ def bench_vm(workdir, total, seed=1):
 
 
 # ---------------------------------------------------------------------------------------------
-# Fast writer for the 1 TiB sparse archive (the fixture writer handles 16.7 M clusters slowly)
-
-
-def _header(ctime, configs, devices, uuid):
-    """Main header (blob growth rule of vma-format.md 2.4); devices [(dev_id, name, size)]."""
-    blobs = bytearray(b"\0")
-    st = {"cap": 0}
-
-    def add(payload):
-        pos, ln = len(blobs), len(payload)
-        if st["cap"] < pos + ln + 2:
-            st["cap"] += -(-(ln + 2) // 512) * 512
-        blobs.extend(struct.pack("<H", ln) + payload)
-        return pos
-
-    cptr = [(add(n.encode() + b"\0"), add(d)) for n, d in configs]
-    dptr = [(i, add(n.encode() + b"\0"), s) for i, n, s in sorted(devices)]
-    hsize = 12288 + st["cap"]
-    h = bytearray(hsize)
-    struct.pack_into(">4sI16sq16sIII", h, 0, b"VMA\0", 1, uuid, ctime, bytes(16), 12288,
-                     len(blobs), hsize)
-    for i, (n, d) in enumerate(cptr):
-        struct.pack_into(">I", h, 2044 + 4 * i, n)
-        struct.pack_into(">I", h, 3068 + 4 * i, d)
-    for i, p, s in dptr:
-        struct.pack_into(">IIQ", h, 4096 + 32 * i, p, 0, s)
-    h[12288:12288 + len(blobs)] = blobs
-    h[32:48] = hashlib.md5(h).digest()
-    return bytes(h)
-
-
-_EXT = struct.Struct(">4sHH16s16s59Q")
+# The 1 TiB sparse archive (written by vmafixture.write_sparse_archive: the fixture's
+# write_archive handles 16.7 M clusters slowly)
 
 
 def write_sparse_archive(path, big_size=TiB, seed=7, data_clusters=64):
@@ -239,12 +208,11 @@ def write_sparse_archive(path, big_size=TiB, seed=7, data_clusters=64):
     first 1 MiB and data_clusters scattered clusters hold data) in Proxmox order (scsi0 first,
     three copy-before-write data clusters of its second half at the very start, then 16 chunk
     workers interleaved cluster by cluster, 58 clusters per extent).
-    Returns (archive size, {device name: {cluster: 65536 bytes}}) for checking."""
+    Returns (archive size, {device name: {cluster: 65536 bytes}}, configs, devices) for checking."""
     rng = random.Random(seed)
     uuid = bytes(rng.getrandbits(8) for _ in range(16))
     devices = [("drive-efidisk0", EFIDISK_SIZE), ("drive-scsi0", big_size)]
     configs = vmafixture.default_configs(seed, devices)
-    hdr = _header(1700000000, configs, [(i + 1, n, s) for i, (n, s) in enumerate(devices)], uuid)
     ncl = -(-big_size // CLUSTER)
     content = {"drive-scsi0": {}, "drive-efidisk0": {}}
     for c in list(range(min(16, ncl))) + [rng.randrange(ncl) for _ in range(data_clusters)]:
@@ -252,115 +220,15 @@ def write_sparse_archive(path, big_size=TiB, seed=7, data_clusters=64):
     for c in (0, 1, 8):                                 # efidisk: 8.25 clusters
         content["drive-efidisk0"][c] = rng.randbytes(CLUSTER if c < 8 else BLOCK) + \
             (bytes(CLUSTER - BLOCK) if c == 8 else b"")
-    zero_block = bytes(BLOCK)
-
-    pending = []          # blockinfo ints of the current extent
-    pdata = []
-    out = open(path, "wb")
-    out.write(hdr)
-    total = [len(hdr)]
-    wbuf = []
-    wlen = [0]
-    pack = _EXT.pack
-    md5 = hashlib.md5
-
-    def flush_extent(infos, blocks):
-        nb = len(blocks)
-        raw = bytearray(pack(b"VMAE", 0, nb, uuid, bytes(16), *(infos + [0] * (59 - len(infos)))))
-        raw[24:40] = md5(raw).digest()
-        wbuf.append(bytes(raw))
-        wbuf.extend(blocks)
-        n = 512 + nb * BLOCK
-        total[0] += n
-        wlen[0] += n
-        if wlen[0] >= 8 * MiB:
-            out.write(b"".join(wbuf))
-            del wbuf[:]
-            wlen[0] = 0
-
-    def emit(dev_id, dev_name, size, order_iter):
-        data = content[dev_name]
-        base = dev_id << 32
-        for group in order_iter:
-            hit = [c for c in group if c in data] if data else ()
-            if not hit:
-                infos = [base | c for c in group]
-                blocks = []
-            else:
-                infos = []
-                blocks = []
-                for c in group:
-                    d = data.get(c)
-                    mask = 0
-                    if d is not None:
-                        for b in range(16):
-                            if c * CLUSTER + b * BLOCK >= size:
-                                break
-                            blk = d[b * BLOCK:(b + 1) * BLOCK]
-                            if blk != zero_block:
-                                mask |= 1 << b
-                                blocks.append(blk)
-                    infos.append((mask << 48) | base | c)
-            # keep the per-cluster granularity only for groups with data
-            if blocks:
-                # split infos/blocks per cluster to fill extents exactly like the writer
-                bi = 0
-                for info in infos:
-                    k = bin(info >> 48).count("1")
-                    pending.append(info)
-                    pdata.extend(blocks[bi:bi + k])
-                    bi += k
-                    if len(pending) == 58:
-                        flush_extent(pending[:], pdata[:])
-                        del pending[:]
-                        del pdata[:]
-            else:
-                pending.extend(infos)
-                while len(pending) >= 58:
-                    if pdata:
-                        # pdata belongs to the first entries (all in the first 58)
-                        flush_extent(pending[:58], pdata[:])
-                        del pdata[:]
-                    else:
-                        flush_extent(pending[:58], [])
-                    del pending[:58]
-
-    def proxmox_groups(n, workers=16, chunk=16, early=()):
-        """Groups of clusters in emission order; `early` (copy-before-write clusters) come
-        first and are left out where they would have been."""
-        span = workers * chunk
-        pattern = [w * chunk + i for i in range(chunk) for w in range(workers)]
-        early = sorted(early)
-        if early:
-            yield early
-
-        def skip_early(g, group):
-            if early and any(g <= c < g + span for c in early):
-                return [c for c in group if c not in early]
-            return group
-
-        for g in range(0, n - n % span, span):
-            yield skip_early(g, [g + p for p in pattern])
-        if n % span:
-            g = n - n % span
-            rest = list(range(g, n))
-            chunks = [rest[i:i + chunk] for i in range(0, len(rest), chunk)]
-            order = []
-            for i in range(chunk):
-                for ch in chunks:
-                    if i < len(ch):
-                        order.append(ch[i])
-            yield skip_early(g, order)
-
     # three data clusters of the second half were copied before write: they come first
     cbw = sorted(c for c in content["drive-scsi0"] if c >= ncl // 2)[:3]
-    emit(2, "drive-scsi0", big_size, proxmox_groups(ncl, early=cbw))
-    emit(1, "drive-efidisk0", EFIDISK_SIZE, proxmox_groups(-(-EFIDISK_SIZE // CLUSTER)))
-    if pending:
-        flush_extent(pending[:], pdata[:])
-    out.write(b"".join(wbuf))
-    out.close()
-    return total[0], content, configs, devices
+    groups = vmafixture.proxmox_cluster_groups
+    size = vmafixture.write_sparse_archive(
+        path, 1700000000, configs, [(i + 1, n, s) for i, (n, s) in enumerate(devices)], uuid,
+        {1: content["drive-efidisk0"], 2: content["drive-scsi0"]},
+        order=[(2, groups(ncl, early=cbw)), (1, groups(-(-EFIDISK_SIZE // CLUSTER)))],
+        per_extent=58)
+    return size, content, configs, devices
 
 
 def check_sparse_writer(tmp):

@@ -41,12 +41,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-FIXED = 12288
-EXT_HDR = 512
-BLOCK = 4096
-CLUSTER = 65536
-EXT_FMT = ">4sHH16s16s59Q"
-CANON_UUID = bytes.fromhex("12345678aabbccddeeffaabbccddeeff")
+import vmafixture as vf  # noqa: E402  (the tests' independent codec: never imports vma-tool)
+from vmafixture import BLOCK, CLUSTER, CANONICAL_UUID, FIXED_HEADER as FIXED  # noqa: E402
+from vmafixture import EXTENT_HEADER as EXT_HDR  # noqa: E402
 
 
 def tool_path():
@@ -64,216 +61,21 @@ def tool_argv():
 
 
 # --------------------------------------------------------------------------------------------------------
-# A tiny independent codec (enough to target corruptions precisely; never imports vma-tool)
+# Header views for targeting corruptions (the codec itself is tests/vmafixture.py)
 # --------------------------------------------------------------------------------------------------------
 
-def md5(b):
+def fix_header_md5(data):
+    """Recompute the main header md5 in place; False (nothing changed) if header_size does not fit data."""
+    return vf.fix_header_md5(data, clamp=False)
+
+
+def dev_sizes(data):
+    """{dev_id: size} of every dev_info slot with a size (whatever its name pointer); {} if data is shorter
+    than the fixed header part."""
     try:
-        return hashlib.md5(b, usedforsecurity=False).digest()
-    except TypeError:  # pragma: no cover
-        return hashlib.md5(b).digest()
-
-
-def u32(b, off):
-    return struct.unpack_from(">I", b, off)[0]
-
-
-def put_u32(buf, off, v):
-    struct.pack_into(">I", buf, off, v & 0xFFFFFFFF)
-
-
-def header_size_of(b):
-    if len(b) < 60:
-        return None
-    return u32(b, 56)
-
-
-def fix_header_md5(buf):
-    """Recompute the main header md5 in place; False if header_size does not fit the buffer."""
-    hs = header_size_of(buf)
-    if hs is None or hs < 48 or hs > len(buf):
-        return False
-    h = bytearray(buf[:hs])
-    h[32:48] = bytes(16)
-    buf[32:48] = md5(bytes(h))
-    return True
-
-
-def fix_extent_md5(buf, off):
-    h = bytearray(buf[off:off + EXT_HDR])
-    if len(h) < EXT_HDR:
-        return False
-    h[24:40] = bytes(16)
-    buf[off + 24:off + 40] = md5(bytes(h))
-    return True
-
-
-def popcount(x):
-    return bin(x).count("1")
-
-
-class Ext(object):
-    __slots__ = ("offset", "block_count", "uuid", "magic", "reserved", "slots", "end")
-
-    def __init__(self, offset, magic, reserved, block_count, uuid, slots):
-        self.offset = offset
-        self.magic = magic
-        self.reserved = reserved
-        self.block_count = block_count
-        self.uuid = uuid
-        self.slots = slots  # 59 tuples (mask, reserved_byte, dev_id, cluster)
-        self.end = offset + EXT_HDR + BLOCK * block_count
-
-    def used(self):
-        return [(i, s) for i, s in enumerate(self.slots) if s[2] != 0]
-
-
-def parse_extent(b, off):
-    if off + EXT_HDR > len(b):
-        return None
-    f = struct.unpack_from(EXT_FMT, b, off)
-    slots = []
-    for v in f[5:]:
-        slots.append(((v >> 48) & 0xFFFF, (v >> 40) & 0xFF, (v >> 32) & 0xFF, v & 0xFFFFFFFF))
-    return Ext(off, f[0], f[1], f[2], f[3], slots)
-
-
-def walk_extents(b, start=None):
-    """Extents of a (mostly) well-formed archive; stops at the first malformed/truncated one."""
-    if start is None:
-        start = header_size_of(b)
-        if start is None:
-            return []
-    out = []
-    off = start
-    while off + EXT_HDR <= len(b):
-        e = parse_extent(b, off)
-        if e.magic != b"VMAE" or e.end > len(b):
-            break
-        out.append(e)
-        off = e.end
-    return out
-
-
-def decode_entries(b, e):
-    """[[mask, res, dev, cluster, [blocks...]], ...] for the used slots of extent e (None if inconsistent)."""
-    pos = e.offset + EXT_HDR
-    ents = []
-    for mask, res, dev, cl in e.slots:
-        if dev == 0:
-            continue
-        blocks = []
-        for i in range(16):
-            if mask & (1 << i):
-                if pos + BLOCK > e.end:
-                    return None
-                blocks.append(bytes(b[pos:pos + BLOCK]))
-                pos += BLOCK
-        ents.append([mask, res, dev, cl, blocks])
-    if pos != e.end:
-        return None
-    return ents
-
-
-def encode_extent(uuid, entries, block_count=None, magic=b"VMAE", reserved=0, fix_md5=True):
-    """entries: [mask, res, dev, cluster, [blocks]] (dev 0 = empty slot). At most 59 entries."""
-    assert len(entries) <= 59
-    vals = []
-    data = bytearray()
-    n = 0
-    for mask, res, dev, cl, blocks in entries:
-        vals.append(((mask & 0xFFFF) << 48) | ((res & 0xFF) << 40) | ((dev & 0xFF) << 32) | (cl & 0xFFFFFFFF))
-        if dev:
-            for blk in blocks:
-                data += blk
-            n += len(blocks)
-    vals += [0] * (59 - len(vals))
-    if block_count is None:
-        block_count = n
-    hdr = bytearray(struct.pack(EXT_FMT, magic, reserved, block_count & 0xFFFF, uuid, bytes(16), *vals))
-    if fix_md5:
-        fix_extent_md5(hdr, 0)
-    return bytes(hdr) + bytes(data)
-
-
-def blob_chain(b):
-    """{rel_offset: (length, payload)} walking the blob chain like Proxmox's reader."""
-    out = {}
-    if len(b) < 60:
-        return out
-    boff, bsize, hs = u32(b, 48), u32(b, 52), u32(b, 56)
-    end = min(boff + bsize, len(b), hs)
-    pos = 1
-    while boff + pos + 2 <= end:
-        ln = b[boff + pos] | (b[boff + pos + 1] << 8)
-        if boff + pos + 2 + ln > end:
-            break
-        out[pos] = (ln, bytes(b[boff + pos + 2:boff + pos + 2 + ln]))
-        pos += 2 + ln
-    return out
-
-
-def header_devices(b):
-    """{dev_id: (name_bytes_or_None, size)} from dev_info slots 1..255 with size != 0."""
-    chain = blob_chain(b)
-    out = {}
-    if len(b) < FIXED:
-        return out
-    for i in range(1, 256):
-        o = 4096 + 32 * i
-        ptr = u32(b, o)
-        size = struct.unpack_from(">Q", b, o + 8)[0]
-        if size == 0:
-            continue
-        name = None
-        if ptr in chain and chain[ptr][1].endswith(b"\0"):
-            name = chain[ptr][1][:-1]
-        out[i] = (name, size)
-    return out
-
-
-def build_header(uuid, ctime, configs, devices, blob_size_padded=False):
-    """configs: [(name_bytes, data_bytes)], devices: {dev_id: (name_bytes, size)} -> header bytes (md5 ok).
-    Names get a terminating NUL; name bytes are used verbatim (hostile names welcome)."""
-    blobs = bytearray(b"\0")
-    hdr = bytearray(FIXED)
-
-    def add(payload):
-        off = len(blobs)
-        blobs.extend(struct.pack("<H", len(payload)))
-        blobs.extend(payload)
-        return off
-
-    for i, (name, data) in enumerate(configs):
-        put_u32(hdr, 2044 + 4 * i, add(name + b"\0"))
-        put_u32(hdr, 3068 + 4 * i, add(data))
-    for dev_id in sorted(devices):
-        name, size = devices[dev_id]
-        o = 4096 + 32 * dev_id
-        put_u32(hdr, o, add(name + b"\0"))
-        struct.pack_into(">Q", hdr, o + 8, size)
-    used = len(blobs)
-    cap = max(512, (used + 511) // 512 * 512)
-    hdr[0:4] = b"VMA\0"
-    put_u32(hdr, 4, 1)
-    hdr[8:24] = uuid
-    struct.pack_into(">q", hdr, 24, ctime)
-    put_u32(hdr, 48, FIXED)
-    put_u32(hdr, 52, cap if blob_size_padded else used)
-    put_u32(hdr, 56, FIXED + cap)
-    out = hdr + blobs + bytes(cap - used)
-    fix_header_md5(out)
-    return bytes(out)
-
-
-def config_slots(b):
-    """[(slot, name_ptr, data_ptr)] of used config slots."""
-    out = []
-    for i in range(256):
-        n, d = u32(b, 2044 + 4 * i), u32(b, 3068 + 4 * i)
-        if n or d:
-            out.append((i, n, d))
-    return out
+        return {i: size for i, (_ptr, size) in vf.parse_header(data).dev_info.items()}
+    except ValueError:
+        return {}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -285,13 +87,12 @@ FUZZ_DEVICES = [("drive-scsi0", 3 * CLUSTER + BLOCK), ("drive-scsi1", 2 * CLUSTE
 
 def build_corpus():
     """A few tiny valid archives (a few hundred KiB in all). Deterministic."""
-    import vmafixture as vf
     vm = vf.make_vm(4242, devices=list(FUZZ_DEVICES))
     a = vf.write_archive(vm, None, seed=1, order="proxmox", per_extent=5)
     uuid_a = bytes(a[8:24])
     b = vf.write_archive(vm, None, seed=2, order="random", per_extent="random", empty_extents=True,
                          stored_zero_blocks=True, tail_garbage=True)
-    c = vf.write_archive(vm, None, seed=3, order="sequential", per_extent=59, uuid=CANON_UUID)
+    c = vf.write_archive(vm, None, seed=3, order="sequential", per_extent=59, uuid=CANONICAL_UUID)
     vm2 = vf.mutate_vm(vm, 77, fraction=0.05)
     d = vf.write_archive(vm2, None, seed=4, order="sequential", per_extent=3, uuid=uuid_a)
     vm3 = vf.make_vm(99, devices=[])
@@ -312,11 +113,12 @@ def _hdr_fields(b):
     """(offset, width, name) of interesting header fields for this archive."""
     f = [(4, 4, "version"), (48, 4, "blob_buffer_offset"), (52, 4, "blob_buffer_size"), (56, 4, "header_size"),
          (60, 4, "reserved@60"), (2040, 4, "reserved@2040"), (4092, 4, "reserved@4092")]
-    for i, n, d in config_slots(b)[:4]:
+    h = vf.parse_header(b)
+    for i, n, d in h.config_slots[:4]:
         f.append((2044 + 4 * i, 4, "config_name[%d]" % i))
         f.append((3068 + 4 * i, 4, "config_data[%d]" % i))
     f.append((2044 + 4 * 7, 4, "config_name[7](unused)"))
-    for dev_id in list(header_devices(b))[:4]:
+    for dev_id in list(h.dev_info)[:4]:
         o = 4096 + 32 * dev_id
         f += [(o, 4, "dev%d.name_ptr" % dev_id), (o + 4, 4, "dev%d.reserved" % dev_id),
               (o + 8, 8, "dev%d.size" % dev_id), (o + 16, 8, "dev%d.reserved2" % dev_id)]
@@ -326,7 +128,7 @@ def _hdr_fields(b):
 
 
 def m_header_bitflip(rng, data, corpus):
-    hs = min(header_size_of(data) or FIXED, len(data))
+    hs = min(vf.header_size(data) or FIXED, len(data))
     r = rng.random()
     if r < 0.4:
         off = rng.randrange(0, min(64, hs))
@@ -342,7 +144,7 @@ def m_header_bitflip(rng, data, corpus):
 
 
 def m_header_byteset(rng, data, corpus):
-    hs = min(header_size_of(data) or FIXED, len(data))
+    hs = min(vf.header_size(data) or FIXED, len(data))
     off = rng.randrange(FIXED, hs) if (hs > FIXED and rng.random() < 0.5) else rng.randrange(0, min(hs, FIXED))
     val = rng.choice([0, 0xFF, 0x2F, 0x2E, 0x80, rng.randrange(256)])
     data[off] = val
@@ -363,7 +165,7 @@ def m_header_field(rng, data, corpus):
 
 
 def _pick_extent(rng, data):
-    ex = walk_extents(data)
+    ex = vf.walk_extents(data)
     return rng.choice(ex) if ex else None
 
 
@@ -381,7 +183,7 @@ def m_extent_bitflip(rng, data, corpus):
         rel = 40 + 8 * rng.randrange(min(59, nused + 1)) + rng.randrange(8)
     bit = rng.randrange(8)
     data[e.offset + rel] ^= 1 << bit
-    fixed = rng.random() < 0.85 and fix_extent_md5(data, e.offset)
+    fixed = rng.random() < 0.85 and vf.fix_extent_md5(data, e.offset)
     return "extent@%d bitflip rel %d bit %d%s" % (e.offset, rel, bit, " (md5 fixed)" if fixed else "")
 
 
@@ -404,33 +206,33 @@ def m_extent_field(rng, data, corpus):
     else:
         data[e.offset + 8 + rng.randrange(16)] ^= 0x40
         what = "uuid"
-    fix_extent_md5(data, e.offset)
+    vf.fix_extent_md5(data, e.offset)
     return "extent@%d %s (md5 fixed)" % (e.offset, what)
 
 
 def _rewrite_entries(data, e, entries, block_count=None):
-    new = encode_extent(bytes(data[e.offset + 8:e.offset + 24]), entries, block_count=block_count)
+    new = vf.encode_extent(e.uuid, entries, block_count=block_count)
     data[e.offset:e.end] = new
 
 
 def m_slot_semantic(rng, data, corpus):
     """Consistently re-encoded extent with one slot edited: dev/cluster/mask changes, duplicates, removals."""
-    ex = [e for e in walk_extents(data) if e.used()]
+    ex = [e for e in vf.walk_extents(data) if e.used()]
     if not ex:
         return m_extent_bitflip(rng, data, corpus)
     e = rng.choice(ex)
-    ents = decode_entries(data, e)
+    ents = vf.decode_extent(data, e)
     if not ents:
         return m_extent_bitflip(rng, data, corpus)
     k = rng.randrange(len(ents))
-    devs = header_devices(data)
+    devs = dev_sizes(data)
     op = rng.randrange(9)
     ent = ents[k]
     if op == 0:
         ent[2] = rng.choice([0, 3, 4, 9, 254, 255] + list(devs))
         what = "dev -> %d" % ent[2]
     elif op == 1:
-        size = devs.get(ent[2], (None, 0))[1]
+        size = devs.get(ent[2], 0)
         ncl = (size + CLUSTER - 1) // CLUSTER
         ent[3] = rng.choice([ncl, ncl - 1, ncl + 1, 63, 64, 0xFFFF, 0xFFFFFFFF, 0, ent[3] + 1])
         ent[3] &= 0xFFFFFFFF
@@ -438,11 +240,11 @@ def m_slot_semantic(rng, data, corpus):
     elif op == 2:
         bit = rng.randrange(16)
         if ent[0] & (1 << bit):
-            idx = popcount(ent[0] & ((1 << bit) - 1))
+            idx = bin(ent[0] & ((1 << bit) - 1)).count("1")
             del ent[4][idx]
             what = "mask drop bit %d" % bit
         else:
-            idx = popcount(ent[0] & ((1 << bit) - 1))
+            idx = bin(ent[0] & ((1 << bit) - 1)).count("1")
             ent[4].insert(idx, bytes(rng.getrandbits(8) for _ in range(16)) * 256)
             what = "mask add bit %d" % bit
         ent[0] ^= 1 << bit
@@ -463,7 +265,7 @@ def m_slot_semantic(rng, data, corpus):
         # all-zero stored block (legal, non-canonical)
         bit = rng.randrange(16)
         if not ent[0] & (1 << bit):
-            idx = popcount(ent[0] & ((1 << bit) - 1))
+            idx = bin(ent[0] & ((1 << bit) - 1)).count("1")
             ent[4].insert(idx, bytes(BLOCK))
             ent[0] |= 1 << bit
         what = "stored zero block bit %d" % bit
@@ -484,7 +286,7 @@ def m_slot_semantic(rng, data, corpus):
 
 
 def m_data_flip(rng, data, corpus):
-    ex = [e for e in walk_extents(data) if e.block_count]
+    ex = [e for e in vf.walk_extents(data) if e.block_count]
     if not ex:
         return m_truncate(rng, data, corpus)
     e = rng.choice(ex)
@@ -494,8 +296,9 @@ def m_data_flip(rng, data, corpus):
 
 
 def m_truncate(rng, data, corpus):
-    hs = header_size_of(data) or FIXED
-    bounds = [0, 4, FIXED, hs] + [e.offset for e in walk_extents(data)] + [e.offset + EXT_HDR for e in walk_extents(data)]
+    hs = vf.header_size(data) or FIXED
+    ex = vf.walk_extents(data)
+    bounds = [0, 4, FIXED, hs] + [e.offset for e in ex] + [e.offset + EXT_HDR for e in ex]
     if rng.random() < 0.5:
         cut = rng.choice(bounds) + rng.choice([0, 0, -1, 1, 100, -100, 4096])
     else:
@@ -507,7 +310,7 @@ def m_truncate(rng, data, corpus):
 
 def m_append(rng, data, corpus):
     kind = rng.randrange(5)
-    ex = walk_extents(data)
+    ex = vf.walk_extents(data)
     if kind == 0:
         n = rng.choice([1, 100, 511, 512, 4096])
         data += bytes(n)
@@ -517,7 +320,7 @@ def m_append(rng, data, corpus):
         data += bytes(rng.getrandbits(8) for _ in range(n))
         return "append %d random bytes" % n
     if kind == 2 and ex:
-        data += encode_extent(bytes(data[8:24]), [])
+        data += vf.encode_extent(bytes(data[8:24]), [])
         return "append empty extent"
     if kind == 3 and ex:
         e = rng.choice(ex)
@@ -531,8 +334,8 @@ def m_splice(rng, data, corpus):
     other_name = rng.choice(sorted(corpus))
     other = corpus[other_name]
     if rng.random() < 0.6:
-        ea = walk_extents(data)
-        eb = walk_extents(other)
+        ea = vf.walk_extents(data)
+        eb = vf.walk_extents(other)
         ca = rng.choice([e.offset for e in ea] + [len(data)]) if ea else len(data)
         cb = rng.choice([e.offset for e in eb] + [len(other)]) if eb else len(other)
     else:
@@ -543,7 +346,7 @@ def m_splice(rng, data, corpus):
 
 
 def m_extent_ops(rng, data, corpus):
-    ex = walk_extents(data)
+    ex = vf.walk_extents(data)
     if len(ex) < 1:
         return m_append(rng, data, corpus)
     hs = ex[0].offset
@@ -563,7 +366,7 @@ def m_extent_ops(rng, data, corpus):
         what = "shuffle extents (valid)"
     elif op == 3:
         i = rng.randrange(len(chunks) + 1)
-        chunks.insert(i, encode_extent(bytes(data[8:24]), []))
+        chunks.insert(i, vf.encode_extent(bytes(data[8:24]), []))
         what = "insert empty extent at %d (valid)" % i
     else:
         i = rng.randrange(len(chunks))
@@ -656,7 +459,6 @@ ORACLE_LIMIT = 64 << 20  # never let the in-process oracle allocate more than th
 def oracle(data_or_path, complete=None):
     """('ok', (configs, disks)) | ('invalid', reason) | ('unknown', reason).
     complete: the device names that must be complete (vmafixture.restore), default all."""
-    import vmafixture as vf
     if isinstance(data_or_path, (bytes, bytearray)):
         head = bytes(data_or_path[:600000])
     else:
@@ -673,11 +475,7 @@ def oracle(data_or_path, complete=None):
         except OverflowError as exc:
             return ("unknown", str(exc))
         head = data_or_path[:600000]
-    try:
-        devs = header_devices(head)
-    except Exception:
-        devs = {}
-    if sum(s for _, s in devs.values()) > ORACLE_LIMIT:
+    if sum(dev_sizes(head).values()) > ORACLE_LIMIT:
         return ("unknown", "device sizes too large for the in-process oracle")
     try:
         res = vf.restore(bytes(data_or_path) if isinstance(data_or_path, bytearray) else data_or_path,
@@ -852,11 +650,13 @@ def check_case(data, workdir, commands, timeout=20, strict_oracle=False, orc=Non
             # one pass through a pipe, every cluster through the scratch file when memory is 0
             args = ["optimize", "--memory", ("0", "64K", "64M")[len(data) % 3], "--tmpdir", tmp, "-", "-"]
         elif cmd == "cat":
-            devs = header_devices(data)
-            names = [n for n, _ in devs.values() if n]
+            try:
+                names = [n for n, _ in vf.parse_header(data).devices.values() if n]
+            except ValueError:
+                names = []
             if not names:
                 continue
-            args = ["cat", src, names[0].decode("utf-8", "surrogateescape")]
+            args = ["cat", src, names[0]]
         else:
             raise ValueError(cmd)
         before = snapshot(job)

@@ -826,6 +826,172 @@ class Broken(unittest.TestCase):
             F.restore(bytes(data))
 
 
+class CorruptionCodec(unittest.TestCase):
+    """The pieces tests/fuzz.py and tests/test_hostile.py build corrupt archives with."""
+
+    def test_decode_encode_roundtrip(self):
+        vm = vm_for(0)
+        for kw in ({}, {"stored_zero_blocks": True, "tail_garbage": True, "empty_extents": True}):
+            data = F.write_archive(vm, None, seed=5, per_extent="random", **kw)
+            exts = F.walk_extents(data)
+            self.assertEqual([e.offset for e in exts], [e.offset for e in F.parse_layout(data).extents])
+            self.assertEqual(exts[-1].end, len(data))
+            rebuilt = data[:exts[0].offset] + b"".join(
+                F.encode_extent(e.uuid, F.decode_extent(data, e)) for e in exts)
+            self.assertEqual(rebuilt, data)
+            for e in exts:
+                self.assertEqual(len(e.used()), len(F.decode_extent(data, e)))
+
+    def test_encode_hostile_values(self):
+        uuid = bytes(range(16))
+        blk = bytes([7]) * F.BLOCK
+        # reserved byte, empty slot in between, block_count and magic as given, md5 left zero
+        ext = F.encode_extent(uuid, [[0x0001, 0xAB, 1, 5, [blk]], [0, 0, 0, 0, [blk]], [0x0003, 0, 2, 0xFFFFFFFF, [blk, blk]]],
+                              block_count=2, magic=b"VMAX", reserved1=3, fix_md5=False)
+        self.assertEqual(len(ext), 512 + 3 * F.BLOCK)       # the dev_id 0 entry's block is not written
+        magic, res1, bc, u, m = struct.unpack_from(">4sHH16s16s", ext)
+        self.assertEqual((magic, res1, bc, u, m), (b"VMAX", 3, 2, uuid, bytes(16)))
+        self.assertEqual(struct.unpack_from(">3Q", ext, 40),
+                         ((1 << 48) | (0xAB << 40) | (1 << 32) | 5, 0, (3 << 48) | (2 << 32) | 0xFFFFFFFF))
+        data = bytearray(bytes(100) + ext)
+        self.assertTrue(F.fix_extent_md5(data, 100))
+        self.assertFalse(F.fix_extent_md5(data, len(data) - 100))
+        ext2 = F.walk_extents(data, start=100, magic=None)[0]
+        self.assertEqual(ext2.md5, md5(bytes(data[100:124]) + bytes(16) + bytes(data[140:612])))
+        self.assertIsNone(F.decode_extent(data, ext2))       # the masks need 3 blocks, block_count 2
+        with self.assertRaisesRegex(ValueError, "59"):
+            F.encode_extent(uuid, [[0, 0, 0, 0, []]] * 60)
+
+    def test_walk_stops(self):
+        data = bytearray(F.write_archive(vm_for(1), None, seed=3, per_extent=5))
+        lay = F.parse_layout(data)
+        self.assertGreater(len(lay.extents), 3)
+        e2 = lay.extents[2]
+        data[e2.offset:e2.offset + 4] = b"VMAX"
+        self.assertEqual(len(F.walk_extents(data)), 2)                       # stops at a bad magic
+        self.assertEqual(len(F.walk_extents(data, magic=None)), len(lay.extents))
+        self.assertEqual(len(F.parse_layout(data).extents), len(lay.extents))  # parse_layout: any magic
+        self.assertEqual(len(F.walk_extents(data[:e2.end - 1], magic=None)), 2)  # truncated extent
+        self.assertEqual(F.walk_extents(data[:59]), [])
+        self.assertIsNone(F.header_size(data[:59]))
+        self.assertEqual(F.header_size(data), lay.header_size)
+
+    def test_fix_header_md5_clamp(self):
+        data = F.write_archive(vm_for(1), None, seed=3)
+        hs = F.header_size(data)
+        d = bytearray(data[:hs - 10])
+        d[40] ^= 1
+        before = bytes(d)
+        self.assertFalse(F.fix_header_md5(d, clamp=False))                 # header_size past the end
+        self.assertEqual(bytes(d), before)
+        self.assertTrue(F.fix_header_md5(d))                               # clamped: hash what there is
+        self.assertNotEqual(bytes(d), before)
+        F.put_u32(d, 56, 40)
+        self.assertFalse(F.fix_header_md5(d, clamp=False))                 # would not cover the md5 field
+        self.assertFalse(F.fix_header_md5(bytearray(50)))
+        F.put_u32(d, 0, -1)
+        self.assertEqual(F.u32(d, 0), 0xFFFFFFFF)
+
+    def test_build_header_bytes_names(self):
+        configs = [(b"../x\0y", b"data"), ("qemu-server.conf", b"conf")]
+        devices = [(9, b"drive-\xff", 65536), (2, "drive-scsi0", 1 << 40), (3, b"", 512)]
+        hdr = F.build_header(1700000000, configs, devices, bytes(16))
+        same = F.build_header(1700000000, [(b"../x\0y", b"data"), (b"qemu-server.conf", b"conf")],
+                              [(2, b"drive-scsi0", 1 << 40), (3, b"", 512), (9, b"drive-\xff", 65536)], bytes(16))
+        self.assertEqual(hdr, same)
+        h = F.parse_header(hdr, strict=True)
+        self.assertEqual(h.devices, {2: ("drive-scsi0", 1 << 40), 3: ("", 512), 9: ("drive-\udcff", 65536)})
+        self.assertEqual(h.dev_info[3][1], 512)
+        self.assertEqual(h.configs, [("../x", b"data"), ("qemu-server.conf", b"conf")])
+        self.assertEqual([s for s, _, _ in h.config_slots], [0, 1])
+        self.assertEqual(h.blobs[h.config_slots[0][1]], b"../x\0y\0")
+        self.assertRaisesRegex(ValueError, "truncated", F.parse_header, hdr[:12287])
+        bad = bytearray(hdr)
+        F.put_u32(bad, 4096 + 32 * 9, 0xFFFF)                             # name pointer nowhere
+        h = F.parse_header(bad)
+        self.assertNotIn(9, h.devices)
+        self.assertEqual(h.dev_info[9], (0xFFFF, 65536))
+
+
+class SparseWriter(unittest.TestCase):
+    """write_sparse_archive (the 1 TiB writer of tests/bench.py) against write_archive and restore."""
+
+    DEVICES = [(1, "drive-efidisk0", 540672), (2, "drive-scsi0", 300 * 65536 + 5 * 4096 + 512),
+               (4, "drive-scsi1", 65536)]
+
+    def content(self, seed=3):
+        import random
+        rng = random.Random(seed)
+        clusters = {1: {0: rng.randbytes(65536), 8: rng.randbytes(4096)},
+                    2: {c: rng.randbytes(65536) for c in [0, 1, 2, 77, 150, 299, 300] + rng.sample(range(301), 20)},
+                    4: {}}
+        z = bytearray(clusters[2][77])                                       # zero and part-zero clusters
+        z[4096:3 * 4096] = bytes(8192)
+        clusters[2][77] = bytes(z)
+        clusters[2][150] = bytes(65536)
+        disks = []
+        for dev_id, _name, size in self.DEVICES:
+            d = bytearray(F._nclusters(size) * 65536)
+            for c, b in clusters[dev_id].items():
+                d[c * 65536:c * 65536 + len(b)] = b
+            disks.append(d[:size])
+        vm = F.VM(1700000000, F.default_configs(3, [(n, s) for _, n, s in self.DEVICES]),
+                  [(n, s) for _, n, s in self.DEVICES], disks, dev_ids=[i for i, _, _ in self.DEVICES])
+        return clusters, vm
+
+    def test_same_as_write_archive(self):
+        clusters, vm = self.content()
+        uuid = bytes(range(16))
+        for per_extent in (58, 59, 1, 7):
+            order = [(dev_id, [list(range(F._nclusters(size)))]) for dev_id, _n, size in self.DEVICES]
+            got = F.write_sparse_archive(None, vm.ctime, vm.configs, self.DEVICES, uuid, clusters,
+                                         order=order, per_extent=per_extent)
+            want = F.write_archive(vm, None, order="sequential", per_extent=per_extent, uuid=uuid)
+            self.assertEqual(got, want, "per_extent %d" % per_extent)
+
+    def test_default_order_restores(self):
+        clusters, vm = self.content(5)
+        data = F.write_sparse_archive(None, vm.ctime, vm.configs, self.DEVICES, bytes(16), clusters)
+        F.assert_same_content(self, data, vm)
+        lay = F.parse_layout(data)
+        self.assertEqual([e[3] for e in lay.entries()][:1], [4])            # descending dev_id
+        self.assertTrue(all(len(e.slots) == 58 for e in lay.extents[:-1]))
+        buf = io.BytesIO()
+        self.assertEqual(F.write_sparse_archive(buf, vm.ctime, vm.configs, self.DEVICES, bytes(16), clusters),
+                         len(data))
+        self.assertEqual(buf.getvalue(), data)
+        self.assertRaises(ValueError, F.write_sparse_archive, None, 0, [], self.DEVICES, bytes(16), {5: {}})
+        self.assertRaises(ValueError, F.write_sparse_archive, None, 0, [], self.DEVICES, bytes(16),
+                          {4: {1: b"x"}})
+
+    def test_diskless(self):
+        data = F.write_sparse_archive(None, 5, [("qemu-server.conf", b"x")], [], bytes(16), {})
+        self.assertEqual(data, F.write_archive(F.VM(5, [("qemu-server.conf", b"x")], [], []), None,
+                                               uuid=bytes(16)))
+
+    def test_proxmox_cluster_groups(self):
+        for n, early in ((0, ()), (9, ()), (256, ()), (1000, (900, 3, 600)), (4096 + 77, (4100,))):
+            groups = list(F.proxmox_cluster_groups(n, early=early))
+            flat = [c for g in groups for c in g]
+            self.assertEqual(sorted(flat), list(range(n)), n)
+            if early:
+                self.assertEqual(groups[0], sorted(early))
+        g = list(F.proxmox_cluster_groups(512))
+        self.assertEqual(g[0][:3], [0, 16, 32])                             # 16 workers in lockstep
+        self.assertEqual(g[0][16:18], [1, 17])
+        self.assertEqual(list(F.proxmox_cluster_groups(20, workers=2, chunk=4))[-1], [16, 17, 18, 19])
+        self.assertEqual(list(F.proxmox_cluster_groups(11, workers=2, chunk=4))[-1], [8, 9, 10])
+        self.assertEqual(list(F.proxmox_cluster_groups(7, workers=2, chunk=4)), [[0, 4, 1, 5, 2, 6, 3]])
+
+    def test_speed(self):
+        """2^21 clusters (128 GiB) in well under a few seconds: the 1 TiB bench case stays quick."""
+        t = time.process_time()
+        size = F.write_sparse_archive(io.BytesIO(), 0, [], [(1, "drive-scsi0", 1 << 37)], bytes(16),
+                                      {1: {5: bytes([1]) * 65536}})
+        self.assertEqual(size, F.FIXED_HEADER + 512 + -(-(1 << 21) // 58) * 512 + 65536)
+        self.assertLess(time.process_time() - t, 8.0)
+
+
 class VMModel(support.TempDir, unittest.TestCase):
     def test_default_vm(self):
         vm = F.make_vm(0)

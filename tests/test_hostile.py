@@ -1,9 +1,9 @@
 """Corrupt and hostile archives: every command must answer with one clean error line, write nothing outside its
 destination, leave no temporary or partial file, and never change its input.
 
-The cases are built by the tests from a valid fixture archive (tests/vmafixture.py) with the small codec in
-tests/fuzz.py.  All (case, command) runs of a class are executed in parallel in setUpClass (subprocesses, one
-sandbox each) and checked one by one with subTest.
+The cases are built by the tests from a valid fixture archive with the codec of tests/vmafixture.py (header
+builder, extent walker, extent decoder and encoder, checksum fixers).  All (case, command) runs of a class are
+executed in parallel in setUpClass (subprocesses, one sandbox each) and checked one by one with subTest.
 """
 import bz2
 import concurrent.futures
@@ -24,9 +24,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-import fuzz  # noqa: E402  (our own codec + checks)
-from fuzz import (BLOCK, CLUSTER, EXT_HDR, FIXED, build_header, decode_entries, encode_extent,  # noqa: E402
-                  fix_extent_md5, fix_header_md5, put_u32, u32, walk_extents)
+import fuzz  # noqa: E402  (running and checking the tool, the oracle)
+import vmafixture as vf  # noqa: E402  (the codec)
+from vmafixture import (BLOCK, CLUSTER, EXTENT_HEADER as EXT_HDR, FIXED_HEADER as FIXED,  # noqa: E402
+                        build_header, decode_extent, encode_extent, fix_extent_md5, fix_header_md5,
+                        put_u32, u32, walk_extents)
 
 JOBS = max(2, min(6, (os.cpu_count() or 2) + 1))
 CMDS = ("info", "verify", "unpack", "optimize", "inplace", "cat")
@@ -41,7 +43,6 @@ _BASE = {}
 def base():
     """(vm, archive bytes, extents) of the small valid base archive: 9 clusters, 4 per extent, sequential."""
     if not _BASE:
-        import vmafixture as vf
         vm = vf.make_vm(11, devices=[DEV0, DEV1])
         data = bytes(vf.write_archive(vm, None, seed=3, order="sequential", per_extent=4))
         ex = walk_extents(data)
@@ -88,28 +89,27 @@ def _ext_edit(data, e, fn, fix=True):
 
 def _reencode(data, e, fn, block_count=None):
     """Decode extent e, let fn edit the entry list, re-encode consistently (md5 ok)."""
-    ents = decode_entries(data, e)
+    ents = decode_extent(data, e)
     fn(ents)
-    new = encode_extent(bytes(data[e.offset + 8:e.offset + 24]), ents, block_count=block_count)
+    new = encode_extent(e.uuid, ents, block_count=block_count)
     return bytes(data[:e.offset]) + new + bytes(data[e.end:]), e.offset, e.offset + len(new)
 
 
 def _names_header(data, vm, cfg_names=None, dev_names=None, extra_devs=None):
-    """Rebuild the header with other config/device names (same uuid, ctime, sizes, dev ids)."""
+    """Rebuild the header with other config/device names (bytes, written verbatim; same uuid, ctime, sizes,
+    dev ids).  extra_devs: {dev_id: (name, size)} declared as well."""
     hs = u32(data, 56)
-    cfgs = [(n.encode() if isinstance(n, str) else n, bytes(d)) for n, d in vm.configs]
+    cfgs = list(vm.configs)
     if cfg_names:
         for i, n in cfg_names.items():
             cfgs[i] = (n, cfgs[i][1])
-    devs = {}
-    for i, (n, size) in enumerate(vm.devices):
-        devs[i + 1] = (n.encode(), size)
+    devs = {i + 1: (n, size) for i, (n, size) in enumerate(vm.devices)}
     if dev_names:
         for i, n in dev_names.items():
             devs[i] = (n, devs[i][1])
     if extra_devs:
         devs.update(extra_devs)
-    hdr = build_header(bytes(data[8:24]), vm.ctime, cfgs, devs)
+    hdr = build_header(vm.ctime, cfgs, [(i, n, size) for i, (n, size) in devs.items()], bytes(data[8:24]))
     return hdr + bytes(data[hs:])
 
 
@@ -148,7 +148,7 @@ def error_cases(abs_dir):
     add(Case("config name pointer inside a blob", _hdr_edit(d, lambda b: put_u32(b, 2044, cptr + 1)), ("config", "blob")))
     add(Case("config data pointer inside a blob", _hdr_edit(d, lambda b: put_u32(b, 3068, dptr + 3)), ("config", "blob")))
     dev_words = ("blob", "unknown device", "name")
-    dn1, dn2 = u32(d, 4096 + 32), u32(d, 4096 + 64)
+    dn2 = u32(d, 4096 + 64)
     add(Case("device name pointer out of range", _hdr_edit(d, lambda b: put_u32(b, 4096 + 32, 0x7FFFFFF0)), dev_words))
     add(Case("device name pointer inside a blob", _hdr_edit(d, lambda b: put_u32(b, 4096 + 64, dn2 + 2)), dev_words, cat="drive-scsi1"))
     # the device name blob is the last one; its last byte is the NUL
@@ -228,7 +228,7 @@ def error_cases(abs_dir):
         ents.append([ents[1][0], 0, ents[1][2], ents[1][3], list(ents[1][4])])
     dat, lo, hi = _reencode(d, e1, dup_in_extent)
     add(Case("duplicate cluster in one extent", dat, ("duplicate",), (lo, hi)))
-    ents0 = decode_entries(d, e0)
+    ents0 = decode_extent(d, e0)
 
     def dup_across(ents):
         ents.append(list(ents0[2]))
@@ -588,8 +588,8 @@ HUGE = (1 << 48) - CLUSTER     # largest legal device: 2^32 - 1 clusters (just u
 
 def _bomb_many_huge(tmp):
     uuid = bytes(range(16))
-    devs = {i: (("drive-scsi%d" % i).encode(), HUGE) for i in range(1, 255)}
-    hdr = build_header(uuid, 1700000000, [(b"qemu-server.conf", b"name: bomb\n")], devs)
+    devs = [(i, "drive-scsi%d" % i, HUGE) for i in range(1, 255)]
+    hdr = build_header(1700000000, [("qemu-server.conf", b"name: bomb\n")], devs, uuid)
     ents = [[0xFFFF, 0, 1, c, [rand_block(c)] * 16] for c in range(3)]
     ents += [[0x0001, 0, 254, 0xFFFFFFFE, [rand_block(7)]], [0, 0, 100, 12345, []]]
     return [("254 devices of 256 TiB, 5 clusters", hdr + encode_extent(uuid, ents), None, ("missing cluster",))]
@@ -599,7 +599,7 @@ def _bomb_cluster_ffffffff(tmp):
     vm, d, ex = base()
     dat, lo, hi = _reencode(d, ex[1], lambda ents: ents[0].__setitem__(3, 0xFFFFFFFF))
     uuid = bytes(range(16))
-    hdr = build_header(uuid, 1700000000, [(b"qemu-server.conf", b"name: bomb\n")], {1: (b"drive-scsi0", HUGE)})
+    hdr = build_header(1700000000, [("qemu-server.conf", b"name: bomb\n")], [(1, "drive-scsi0", HUGE)], uuid)
     huge = hdr + encode_extent(uuid, [[0x0001, 0, 1, 0, [rand_block(1)]], [0x0001, 0, 1, 0xFFFFFFFF, [rand_block(2)]]])
     return [("cluster 0xFFFFFFFF on a small device", dat, None, ("beyond",)),
             ("cluster 0xFFFFFFFF on a 256 TiB device", huge, None, ("beyond",))]

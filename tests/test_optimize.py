@@ -655,51 +655,8 @@ class FaultInjectionTest(TmpMixin, unittest.TestCase):
         self.assertEqual(self.read(path), data)
 
 
-class SignalTest(TmpMixin, unittest.TestCase):
-    """SIGTERM / SIGINT during an in-place optimize of a 64 MiB (device bytes) archive, sent by
-    vma-tool itself at a fault point (VMA_TOOL_FAULT=POINT:SIG), so every run hits the same moment:
-    right after the temporary output file is created ("output-created", the window that once leaked
-    the file) and after the scratch file of a compressed input ("scratch-created")."""
-    big = None
-
-    @classmethod
-    def big_vm(cls):
-        if cls.big is None:
-            vm = vf.make_vm(64, devices=[("drive-scsi0", 48 * MIB), ("drive-scsi1", 16 * MIB)], fill=0.7)
-            cls.big = (vm, bytes(vf.write_archive(vm, None, seed=1, order="proxmox")))
-        return cls.big
-
-    def interrupt(self, signum, code, compressed=False, point="output-created", extra=()):
-        vm, data = self.big_vm()
-        name = "big.vma.gz" if compressed else "big.vma"
-        if compressed:
-            data = gzip.compress(data, 1)
-        path = self.put(name, data)
-        tmpenv = os.path.join(self.tmp, "envtmp")
-        os.mkdir(tmpenv)
-        env = dict(os.environ, TMPDIR=tmpenv,
-                   VMA_TOOL_FAULT="%s:%s" % (point, "TERM" if signum == signal.SIGTERM else "INT"))
-        proc = subprocess.run(_tool_cmd("optimize", *extra, path), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, env=env, timeout=120)
-        err = proc.stderr
-        self.assertNotIn(b"Traceback", err)
-        self.assertEqual(self.read(path), data, "original modified by interrupted optimize")
-        self.assertEqual(sorted(os.listdir(self.tmp)), sorted([name, "envtmp"]), "temp file left behind")
-        self.assertEqual(os.listdir(tmpenv), [], "temp file left in TMPDIR")
-        self.assertEqual(proc.returncode, code, err[-1000:])
-        support.assert_clean_error(self, subprocess.CompletedProcess(proc.args, proc.returncode, b"", err))
-
-    def test_sigterm(self):
-        self.interrupt(signal.SIGTERM, 143)
-
-    def test_sigint(self):
-        self.interrupt(signal.SIGINT, 130)
-
-    def test_sigterm_compressed(self):
-        self.interrupt(signal.SIGTERM, 143, compressed=True)
-
-    def test_sigint_scratch_compressed(self):
-        self.interrupt(signal.SIGINT, 130, compressed=True, point="scratch-created", extra=("--memory", "0"))
+# SIGINT/SIGTERM/SIGKILL during optimize (in place, compressed, with a scratch file) are in
+# test_faults.py, one harness over deterministic VMA_TOOL_FAULT points for every command.
 
 
 class InvalidInputTest(TmpMixin, unittest.TestCase):

@@ -2,7 +2,7 @@
 
 Existing outputs refused before any work, directory and odd DSTs, several files for
 verify/info/optimize --in-place, symlinks and hard links in place, the signal windows around
-temporary files (deterministic VMA_TOOL_FAULT=POINT:SIG fault points), stale temporaries of a
+temporary files (in test_faults.py, with every other fault point), stale temporaries of a
 killed run, closed standard streams, terminals, clearer messages, and pack taking only
 vzdump's configs from a directory with stray files.
 
@@ -44,7 +44,6 @@ except ImportError:  # pragma: no cover - Python built without lzma
 TIMEOUT = 20            # seconds, every subprocess
 TERMINAL_DEADLINE = 10  # seconds a command on a terminal may take before it counts as hanging
 CLUSTER = 65536
-SIGNALS = (("INT", 130, "interrupted"), ("TERM", 143, "terminated"))
 STALE = ".disk-drive-scsi0.raw.vma-tool-999999-abcdef.tmp"
 NOT_VMA = (b"This is a plain text file, certainly not a VMA archive.\n" * 2)[:100]
 
@@ -659,85 +658,8 @@ class LinkTest(SafetyCase):
 # --------------------------------------------------------------------------------------------
 # 5. signals
 
-class SignalWindowTest(SafetyCase):
-    """Spec item 5: VMA_TOOL_FAULT=POINT:SIG at start, right after a temporary output is created
-    (before it is registered for cleanup) and right after the reorder scratch file is created:
-    exit 130/143, one error line, nothing left behind, SRC untouched."""
-
-    def fault(self, point, sig):
-        return {"VMA_TOOL_FAULT": "%s:%s" % (point, sig)}
-
-    def test_start(self):
-        self.write("a.vma", _archive())
-        for sig, code, word in SIGNALS:
-            for args in (("info", "a.vma"), ("verify", "a.vma")):
-                with self.subTest(sig=sig, args=args):
-                    r = self.tool(*args, env=self.fault("start", sig))
-                    self.assertError(r, word, code=code, multiple=False)
-
-    def check_output_created(self, args, outdir, src=None, src_data=None, new_dir=False):
-        for sig, code, word in SIGNALS:
-            with self.subTest(sig=sig, args=args):
-                before = None if new_dir else self.listing(outdir)
-                try:
-                    r = self.tool(*args, env=self.fault("output-created", sig))
-                    self.assertError(r, word, code=code, multiple=False)
-                    if new_dir:
-                        self.assertTrue(not os.path.exists(self.path(outdir)) or self.listing(outdir) == [],
-                                        "files left in %s: %r" % (outdir, os.listdir(self.path(outdir))))
-                    else:
-                        self.assertEqual(self.listing(outdir), before, "files left behind")
-                    if src is not None:
-                        self.assertBytes(src, src_data, "SRC changed")
-                finally:
-                    # a failed subtest must not spoil the next one
-                    if os.path.isdir(self.path(outdir)):
-                        for name in set(self.listing(outdir)) - set(before or ()):
-                            os.unlink(self.path(outdir, name))
-                    if src is not None:
-                        self.write(src, src_data)
-
-    def test_output_created_optimize(self):
-        self.write("a.vma", _archive())
-        self.mkdir("out")
-        self.check_output_created(("optimize", "a.vma", "out/b.vma"), "out", "a.vma", _archive())
-
-    def test_output_created_optimize_in_place(self):
-        self.write("in/a.vma", _archive())
-        self.check_output_created(("optimize", "in/a.vma"), "in", "in/a.vma", _archive())
-        self.check_output_created(("optimize", "--in-place", "in/a.vma"), "in", "in/a.vma", _archive())
-
-    def test_output_created_optimize_from_stdin(self):
-        self.mkdir("out")
-        for sig, code, word in SIGNALS:
-            with self.subTest(sig=sig):
-                r = self.tool("optimize", "-", "out/b.vma", input=_archive(),
-                              env=self.fault("output-created", sig))
-                self.assertError(r, word, code=code, multiple=False)
-                self.assertEqual(self.listing("out"), [])
-
-    def test_output_created_pack(self):
-        self.pack_dir("vm100")
-        self.mkdir("out")
-        self.check_output_created(("pack", "vm100", "out/b.vma"), "out")
-        self.assertEqual(self.listing("vm100"), sorted(os.listdir(self.path("vm100"))))
-
-    def test_output_created_unpack(self):
-        self.write("a.vma", _archive())
-        self.mkdir("out")
-        self.check_output_created(("unpack", "a.vma", "out"), "out", "a.vma", _archive())
-        self.check_output_created(("unpack", "a.vma", "new"), "new", "a.vma", _archive(), new_dir=True)
-
-    def test_scratch_created(self):
-        self.mkdir("scratch")
-        self.mkdir("out")
-        for sig, code, word in SIGNALS:
-            with self.subTest(sig=sig):
-                r = self.tool("optimize", "-", "out/out.vma", "--tmpdir", "scratch", "--memory", "0",
-                              input=_reverse_archive(), env=self.fault("scratch-created", sig))
-                self.assertError(r, word, code=code, multiple=False)
-                self.assertEqual(self.listing("scratch"), [], "scratch file left in --tmpdir")
-                self.assertEqual(self.listing("out"), [], "output or temporary left")
+# The signal windows (VMA_TOOL_FAULT=POINT:SIG at start, output-created, scratch-created, ...) for
+# every command are in test_faults.py, one harness with the shared checks.
 
 
 class StaleTempTest(SafetyCase):

@@ -14,7 +14,6 @@ Main API:
                               (devices > 256 MiB come back as bytearray to avoid a copy)
     parse_layout(data) -> Layout
     rewrite_extent_header(data, extent_index, fn, fix_md5=True) -> offset of the extent
-    fix_header_md5(data), fix_extent_md5(data, offset)
 
 Extra helpers:
 
@@ -42,11 +41,30 @@ Extra helpers:
     assert_same_content(testcase, archive_or_contents, vm)
                               restore() (if given an archive) and compare with vm, short failure text
     build_header(ctime, configs, devices, uuid) -> bytes
-                              main header; devices = [(dev_id, name, size)]
+                              main header; devices = [(dev_id, name, size)]; names str or bytes
+                              (bytes verbatim: hostile names for corruption tests)
+    write_sparse_archive(dest, ctime, configs, devices, uuid, clusters, order=None, per_extent=58)
+                              fast streaming writer for huge, mostly zero devices (only the data
+                              clusters given; 1 TiB in seconds); same bytes as write_archive
+    proxmox_cluster_groups(nclusters, workers=16, chunk=16, early=())
+                              deterministic Proxmox-like cluster order in lists (for the above)
     archive_order(vm, seed=0, order="proxmox", dev_ids=None, chunk=16) -> [(dev_index, cluster)]
     VMA_UUID_STR(uuid_bytes)  textual uuid
     Layout.entries(), Layout.locate(dev_id, cluster)
                               iterate used slots with their data offsets / find one cluster
+
+Corruption helpers (tests/fuzz.py, tests/test_hostile.py), all lenient (no checks):
+
+    parse_header(data, strict=False) -> header fields, blobs, devices, dev_info, configs,
+                              config_slots
+    header_size(data)         the header_size field, None below 60 bytes
+    walk_extents(data, start=None, magic=EXTENT_MAGIC) -> [Extent]
+                              extents one after the other up to a truncated one or a bad magic
+    decode_extent(data, ext) -> [[mask, reserved, dev_id, cluster, [blocks]]] or None
+    encode_extent(uuid, entries, block_count=None, magic=EXTENT_MAGIC, reserved1=0,
+                  fix_md5=True) -> bytes of a whole extent (values cut to their field widths)
+    fix_header_md5(data, clamp=True), fix_extent_md5(data, offset) -> True if written
+    u32(data, offset), put_u32(data, offset, value)
 
 VM disks may be bytearrays (default) or file paths (make_vm(..., directory=D) writes
 D/disk-<name>.raw); write_archive streams file-backed disks with bounded memory.
@@ -54,7 +72,6 @@ D/disk-<name>.raw); write_archive streams file-backed disks with bounded memory.
 
 import collections
 import hashlib
-import io
 import os
 import random
 import struct
@@ -79,6 +96,7 @@ ZERO_BLOCK = bytes(BLOCK)
 _HDR = struct.Struct(">4sI16sq16sIII")
 _DEVINFO = struct.Struct(">IIQQQ")
 _EXT = struct.Struct(">4sHH16s16s")
+_EXT_FULL = struct.Struct(">4sHH16s16s59Q")   # the whole extent header: _EXT + 59 blockinfo
 _INFO = struct.Struct(">Q")
 
 Disk = collections.namedtuple("Disk", "name size")
@@ -410,8 +428,19 @@ def mutate_vm(vm, seed, fraction=0.01, configs=None, ctime=None, directory=None)
 # Writer
 
 
+def _name_blob(name):
+    """A config or device name as its blob: str encoded as UTF-8, bytes taken verbatim (hostile
+    names: not UTF-8, with "/" or NUL inside, empty), then the terminating NUL."""
+    if isinstance(name, str):
+        name = name.encode("utf-8", "surrogateescape")
+    return bytes(name) + b"\0"
+
+
 def build_header(ctime, configs, devices, uuid):
-    """Main header bytes.  configs [(name, bytes)] in slot order; devices [(dev_id, name, size)].
+    """Main header bytes.  configs [(name, bytes)] in slot order; devices [(dev_id, name, size)]
+    (any order: written by dev_id).  Names are str (written as UTF-8) or bytes (written verbatim,
+    so corruption tests can build headers with hostile names: duplicates, "../x", embedded NUL,
+    not UTF-8); sizes are written as given.
     Blob layout per FORMAT.md "Blob area" / "Blob area allocation": config name + data in order,
     then device names by dev_id, Proxmox's 512-byte growth rule (plus the two fixes of
     "Canonical header": never an empty area, never a blob past the area)."""
@@ -438,7 +467,7 @@ def build_header(ctime, configs, devices, uuid):
 
     cfg_ptrs = []
     for name, data in configs:
-        n = alloc(name.encode("utf-8") + b"\0")
+        n = alloc(_name_blob(name))
         d = alloc(data)
         cfg_ptrs.append((n, d))
     dev_ptrs = {}
@@ -447,7 +476,7 @@ def build_header(ctime, configs, devices, uuid):
             raise ValueError("bad dev_id %r" % (dev_id,))
         if dev_id in dev_ptrs:
             raise ValueError("duplicate dev_id %r" % (dev_id,))
-        dev_ptrs[dev_id] = (alloc(name.encode("utf-8") + b"\0"), size)
+        dev_ptrs[dev_id] = (alloc(_name_blob(name)), size)
     cap = state["cap"]
     if cap == 0:
         cap = 512
@@ -543,13 +572,29 @@ class _DiskReader:
             self.f.close()
 
 
+def _blockinfo(mask, dev_id, cluster, reserved=0):
+    """One 64-bit blockinfo entry: mask (bits 63..48), reserved (47..40), dev_id (39..32),
+    cluster (31..0); every value is cut to its field width (hostile callers may pass anything)."""
+    return (((mask & 0xFFFF) << 48) | ((reserved & 0xFF) << 40) | ((dev_id & 0xFF) << 32)
+            | (cluster & 0xFFFFFFFF))
+
+
+def _pack_extent_header(uuid, infos, block_count, magic=EXTENT_MAGIC, reserved1=0, md5=None):
+    """The 512-byte extent header with blockinfo values infos (at most 59; the rest zero).
+    md5: the 16 bytes to store, or None to store the correct checksum."""
+    if len(infos) > SLOTS:
+        raise ValueError("more than 59 slots")
+    raw = bytearray(_EXT_FULL.pack(bytes(magic), reserved1 & 0xFFFF, block_count & 0xFFFF,
+                                   bytes(uuid), bytes(16) if md5 is None else bytes(md5),
+                                   *infos, *([0] * (SLOTS - len(infos)))))
+    if md5 is None:
+        raw[24:40] = _md5(raw).digest()
+    return raw
+
+
 def _extent_header(uuid, slots, block_count):
-    hdr = bytearray(EXTENT_HEADER)
-    _EXT.pack_into(hdr, 0, EXTENT_MAGIC, 0, block_count, uuid, bytes(16))
-    for i, (mask, dev_id, cluster) in enumerate(slots):
-        _INFO.pack_into(hdr, 40 + 8 * i, (mask << 48) | (dev_id << 32) | cluster)
-    hdr[24:40] = _md5(hdr).digest()
-    return hdr
+    """Valid extent header: slots [(mask, dev_id, cluster)], checksum set."""
+    return _pack_extent_header(uuid, [_blockinfo(m, d, c) for m, d, c in slots], block_count)
 
 
 class _Output:
@@ -821,6 +866,113 @@ def canonical_archive(vm, dest=None):
 
 
 # ---------------------------------------------------------------------------------------------
+# Huge sparse devices (the 1 TiB case of tests/bench.py)
+
+
+def proxmox_cluster_groups(nclusters, workers=16, chunk=16, early=()):
+    """Yield a deterministic Proxmox-like emission order of one device's clusters 0..nclusters-1
+    as lists of cluster numbers, cheap enough for the 2^24 clusters of 1 TiB.  `workers`
+    block-copy workers each take the next `chunk` clusters and advance in lockstep, one cluster
+    each in turn (one list per round of workers * chunk clusters; the last, shorter round the
+    same way).  The `early` clusters (copied before write: the guest wrote them during the backup)
+    come first, as one list, and are left out where they would have been.  archive_order's
+    "proxmox" order is the seeded variant of this (random worker counts and interleaving)."""
+    span = workers * chunk
+    pattern = [w * chunk + i for i in range(chunk) for w in range(workers)]
+    early = sorted(early)
+    skip = set(early)
+    if early:
+        yield early
+    full = nclusters - nclusters % span
+    for g in range(0, nclusters, span):
+        if g < full:
+            group = [g + p for p in pattern]
+        else:
+            chunks = [range(s, min(s + chunk, nclusters)) for s in range(g, nclusters, chunk)]
+            group = [ch[i] for i in range(chunk) for ch in chunks if i < len(ch)]
+        if skip and any(g <= c < g + span for c in skip):
+            group = [c for c in group if c not in skip]
+        yield group
+
+
+def write_sparse_archive(dest, ctime, configs, devices, uuid, clusters, order=None, per_extent=58):
+    """Write a VMA archive of huge, mostly zero devices without materialising them: only the
+    clusters holding data are given, every other cluster is written as a mask-0 entry (the 2^24
+    clusters of a 1 TiB device take a few seconds).  The archive is what write_archive writes for
+    the same disks, uuid and emission order (per_extent clusters per extent, zero blocks never
+    stored, nothing past the device end), without write_archive's seeded options.
+
+    ctime, configs, devices [(dev_id, name, size)] and uuid: the header, as build_header.
+    clusters {dev_id: {cluster: bytes}}: the clusters that may hold data (up to 65536 bytes,
+    shorter means zero-padded; bytes past the device end are ignored); the others are zero.
+    order: [(dev_id, iterable of lists of cluster numbers)], every cluster of every device once,
+    in emission order; default: devices in descending dev_id order, each in
+    proxmox_cluster_groups order.  dest: path, binary file object or None.  Returns the number of
+    bytes written, or the archive bytes when dest is None."""
+    if not (isinstance(per_extent, int) and 1 <= per_extent <= SLOTS):
+        raise ValueError("per_extent must be 1..59")
+    sizes = {int(dev_id): int(size) for dev_id, _name, size in devices}
+    for dev_id, data in clusters.items():
+        if dev_id not in sizes:
+            raise ValueError("clusters of an undeclared device %r" % (dev_id,))
+        for c, d in data.items():
+            if not (0 <= c < _nclusters(sizes[dev_id]) and len(d) <= CLUSTER):
+                raise ValueError("bad cluster %r of device %d" % (c, dev_id))
+    if order is None:
+        order = [(dev_id, proxmox_cluster_groups(_nclusters(sizes[dev_id])))
+                 for dev_id in sorted(sizes, reverse=True)]
+    uuid = bytes(uuid)
+    out = _Output(dest)
+    buf = []                    # output waiting to be written (in pieces of about 8 MiB)
+    buffered = [0]
+    pending = []                # blockinfo values of the extent being filled
+    blocks = []                 # its stored blocks (all belong to its first per_extent entries)
+    pack = _pack_extent_header
+
+    def flush(infos, stored):
+        buf.append(bytes(pack(uuid, infos, len(stored))))
+        buf.extend(stored)
+        buffered[0] += EXTENT_HEADER + len(stored) * BLOCK
+        if buffered[0] >= (8 << 20):
+            out.write(b"".join(buf))
+            del buf[:]
+            buffered[0] = 0
+
+    try:
+        out.write(build_header(ctime, configs, devices, uuid))
+        nentries = 0
+        for dev_id, groups in order:
+            size = sizes[dev_id]
+            data = clusters.get(dev_id) or {}
+            base = dev_id << 32
+            for group in groups:
+                nentries += len(group)
+                if not data or data.keys().isdisjoint(group):
+                    pending.extend([base | c for c in group])
+                    while len(pending) >= per_extent:
+                        flush(pending[:per_extent], blocks)
+                        blocks = []
+                        del pending[:per_extent]
+                    continue
+                for c in group:
+                    d = data.get(c)
+                    mask = 0
+                    if d is not None:
+                        mask, stored = _canonical_cluster(d[:size - c * CLUSTER])
+                        blocks.extend(stored)
+                    pending.append((mask << 48) | base | c)
+                    if len(pending) == per_extent:
+                        flush(pending, blocks)
+                        pending, blocks = [], []
+        if pending or not nentries:
+            flush(pending, blocks)  # the rest; diskless: one empty extent (like write_archive)
+        out.write(b"".join(buf))
+    finally:
+        out.close()
+    return out.result()
+
+
+# ---------------------------------------------------------------------------------------------
 # Strict reader (oracle)
 
 
@@ -834,7 +986,12 @@ def _load(src):
 
 
 class _Header:
-    pass
+    """parse_header() result: magic, version, uuid, ctime, md5, blob_offset, blob_size,
+    header_size; blobs {offset in the blob area: payload} (the chain walked like Proxmox);
+    devices {dev_id: (name, size)} (those with a size and a valid name blob: what a reader
+    sees); dev_info {dev_id: (name pointer, size)} (every slot with a size, whatever its
+    pointer); configs [(name, bytes)] (valid pairs in slot order); config_slots
+    [(slot, name pointer, data pointer)] (every slot with a non-zero pointer)."""
 
 
 def _parse_header(data, strict=True):
@@ -882,18 +1039,23 @@ def _parse_header(data, strict=True):
         return b.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
     h.devices = {}
+    h.dev_info = {}
     for dev_id in range(1, 256):
         ptr, _r, size, _r1, _r2 = _DEVINFO.unpack_from(data, 4096 + 32 * dev_id)
         if size == 0:
             continue
+        h.dev_info[dev_id] = (ptr, size)
         name = string(ptr)
         if name is None:
             continue
         h.devices[dev_id] = (name, size)
     h.configs = []
+    h.config_slots = []
     for i in range(256):
         np_, = struct.unpack_from(">I", data, 2044 + 4 * i)
         dp, = struct.unpack_from(">I", data, 3068 + 4 * i)
+        if np_ or dp:
+            h.config_slots.append((i, np_, dp))
         if not (np_ and dp):
             continue
         name = string(np_)
@@ -904,6 +1066,13 @@ def _parse_header(data, strict=True):
             continue
         h.configs.append((name, blob))
     return h
+
+
+def parse_header(data, strict=False):
+    """The main header of data (bytes-like) as a _Header.  strict=False (default): no checks
+    besides the length of the fixed part (ValueError when data is shorter than 12288 bytes), so
+    corrupted headers can be inspected; strict=True: Proxmox's checks (ValueError)."""
+    return _parse_header(data, strict=strict)
 
 
 def restore(src, allow_missing=False, complete=None):
@@ -1027,6 +1196,10 @@ class Extent:
         self.data_offset = offset + EXTENT_HEADER
         self.end = offset + EXTENT_HEADER + block_count * BLOCK
 
+    def used(self):
+        """[(slot index, (mask, dev_id, cluster))] of the used slots (dev_id != 0)."""
+        return [(i, s) for i, s in enumerate(self.slots) if s[1] != 0]
+
     def __repr__(self):
         return "Extent(offset=%d, block_count=%d, slots=%d)" % (
             self.offset, self.block_count, len(self.slots))
@@ -1076,37 +1249,119 @@ def parse_layout(data):
     lay.configs = h.configs
     lay.devices = h.devices
     lay.size = len(data)
-    lay.extents = []
-    off = h.header_size
-    n = len(data)
-    while off + EXTENT_HEADER <= n:
-        raw = bytes(data[off:off + EXTENT_HEADER])
-        magic, res1, bc, euuid, emd5 = _EXT.unpack_from(raw, 0)
-        entries = [_INFO.unpack_from(raw, 40 + 8 * i)[0] for i in range(SLOTS)]
-        while entries and entries[-1] == 0:
-            entries.pop()
-        slots = [(e >> 48, (e >> 32) & 0xFF, e & 0xFFFFFFFF) for e in entries]
-        ext = Extent(off, bc, slots, magic, res1, euuid, emd5, raw)
-        if ext.end > n:
-            break
-        lay.extents.append(ext)
-        off = ext.end
-    lay.end = off
+    lay.extents = walk_extents(data, h.header_size, magic=None)
+    lay.end = lay.extents[-1].end if lay.extents else h.header_size
     return lay
 
 
-def fix_header_md5(data):
-    """Recompute the main header MD5 in place (over header_size bytes, clamped to the data)."""
-    hs, = struct.unpack_from(">I", data, 56)
-    hs = min(hs, len(data))
-    data[32:48] = bytes(16)
-    data[32:48] = _md5(bytes(data[:hs])).digest()
+def header_size(data):
+    """The header_size field (offset 56) of data, or None if data is shorter than 60 bytes."""
+    return u32(data, 56) if len(data) >= 60 else None
+
+
+def walk_extents(data, start=None, magic=EXTENT_MAGIC):
+    """[Extent] of data from offset start (default: header_size(data); [] if that is None) on,
+    one after the other, up to the first one that is truncated (header or data) or, unless magic
+    is None, whose magic differs from magic.  Lenient: no checksum, uuid or slot checks."""
+    if start is None:
+        start = header_size(data)
+        if start is None:
+            return []
+    out = []
+    off = start
+    n = len(data)
+    while off + EXTENT_HEADER <= n:
+        raw = bytes(data[off:off + EXTENT_HEADER])
+        fields = _EXT_FULL.unpack(raw)
+        if magic is not None and fields[0] != magic:
+            break
+        entries = list(fields[5:])
+        while entries and entries[-1] == 0:
+            entries.pop()
+        slots = [(e >> 48, (e >> 32) & 0xFF, e & 0xFFFFFFFF) for e in entries]
+        ext = Extent(off, fields[2], slots, fields[0], fields[1], fields[3], fields[4], raw)
+        if ext.end > n:
+            break
+        out.append(ext)
+        off = ext.end
+    return out
+
+
+def decode_extent(data, ext):
+    """The used slots (dev_id != 0) of extent ext (an Extent of data) with their stored blocks, in
+    slot order: [[mask, reserved, dev_id, cluster, [4096-byte blocks]]] (reserved: blockinfo
+    bits 47..40), the form encode_extent takes; None if the masks do not account for exactly
+    block_count blocks."""
+    pos = ext.data_offset
+    out = []
+    for info in _EXT_FULL.unpack(ext.raw)[5:]:
+        dev_id = (info >> 32) & 0xFF
+        if dev_id == 0:
+            continue
+        mask = info >> 48
+        blocks = []
+        for b in range(BLOCKS_PER_CLUSTER):
+            if mask >> b & 1:
+                if pos + BLOCK > ext.end:
+                    return None
+                blocks.append(bytes(data[pos:pos + BLOCK]))
+                pos += BLOCK
+        out.append([mask, (info >> 40) & 0xFF, dev_id, info & 0xFFFFFFFF, blocks])
+    return out if pos == ext.end else None
+
+
+def encode_extent(uuid, entries, block_count=None, magic=EXTENT_MAGIC, reserved1=0, fix_md5=True):
+    """A whole extent (header + data) as bytes.  entries: up to 59 [mask, reserved, dev_id,
+    cluster, blocks] (decode_extent's form; dev_id 0: an unused slot, its blocks are not written);
+    the data is the blocks of the used entries in order, whatever the masks say.  block_count:
+    default the number of blocks written.  Values are cut to their field widths and nothing is
+    checked, so hostile extents can be built; fix_md5=False leaves the checksum zero."""
+    infos = []
+    blocks = []
+    for mask, res, dev_id, cl, blks in entries:
+        infos.append(_blockinfo(mask, dev_id, cl, res))
+        if dev_id:
+            blocks.extend(blks)
+    if block_count is None:
+        block_count = len(blocks)
+    hdr = _pack_extent_header(uuid, infos, block_count, magic, reserved1,
+                              None if fix_md5 else bytes(16))
+    return bytes(hdr) + b"".join(bytes(b) for b in blocks)
+
+
+def u32(data, offset):
+    """The big-endian 32-bit field at offset."""
+    return struct.unpack_from(">I", data, offset)[0]
+
+
+def put_u32(data, offset, value):
+    """Store value (cut to 32 bits) as the big-endian 32-bit field at offset, in place."""
+    struct.pack_into(">I", data, offset, value & 0xFFFFFFFF)
+
+
+def fix_header_md5(data, clamp=True):
+    """Recompute the main header MD5 in place, over header_size bytes.  A header_size past the
+    end of data: clamp=True hashes the data there is, clamp=False changes nothing (nor does a
+    header_size below 48, which would not cover the checksum field).  Returns True if the
+    checksum was written (False also for data shorter than 60 bytes)."""
+    hs = header_size(data)
+    if hs is None or (not clamp and not 48 <= hs <= len(data)):
+        return False
+    h = bytearray(data[:min(hs, len(data))])
+    h[32:48] = bytes(16)
+    data[32:48] = _md5(bytes(h)).digest()
+    return True
 
 
 def fix_extent_md5(data, offset):
-    """Recompute the MD5 of the extent header at offset, in place."""
-    data[offset + 24:offset + 40] = bytes(16)
-    data[offset + 24:offset + 40] = _md5(bytes(data[offset:offset + EXTENT_HEADER])).digest()
+    """Recompute the MD5 of the extent header at offset, in place; False (nothing changed) if
+    data holds less than 512 bytes there."""
+    h = bytearray(data[offset:offset + EXTENT_HEADER])
+    if len(h) < EXTENT_HEADER:
+        return False
+    h[24:40] = bytes(16)
+    data[offset + 24:offset + 40] = _md5(bytes(h)).digest()
+    return True
 
 
 def _decode_extent_header(raw):
@@ -1122,17 +1377,13 @@ def _decode_extent_header(raw):
 
 
 def _encode_extent_header(d):
-    raw = bytearray(EXTENT_HEADER)
-    _EXT.pack_into(raw, 0, bytes(d["magic"]), d["reserved1"], d["block_count"], bytes(d["uuid"]),
-                   bytes(d["md5"]))
+    """The 512 header bytes of a _decode_extent_header dict (its md5 stored as it is)."""
     slots = list(d["slots"])
-    if len(slots) > SLOTS:
-        raise ValueError("more than 59 slots")
     sres = list(d.get("slot_reserved") or [])
-    for i, (mask, dev_id, cl) in enumerate(slots):
-        r = sres[i] if i < len(sres) else 0
-        _INFO.pack_into(raw, 40 + 8 * i, (mask << 48) | (r << 40) | (dev_id << 32) | cl)
-    return raw
+    infos = [_blockinfo(mask, dev_id, cl, sres[i] if i < len(sres) else 0)
+             for i, (mask, dev_id, cl) in enumerate(slots)]
+    return _pack_extent_header(d["uuid"], infos, d["block_count"], d["magic"], d["reserved1"],
+                               d["md5"])
 
 
 def rewrite_extent_header(data, extent_index, fn, fix_md5=True):
