@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Test runner: python3 tests/run.py [-v] [-f] [-j N] [pattern...]
+"""Test runner: python3 tests/run.py [-v] [-f] [-j N] [--coverage DIR] [pattern...]
 
 Discovers tests/test_*.py (optionally only modules matching a pattern: a substring of the module
 name or an fnmatch pattern, e.g. `fixture`, `test_verify`, `test_p*`), runs them with unittest and
@@ -8,12 +8,18 @@ errored (or no module matched the given patterns), else 0.  Works from any cwd.
 
 -j N runs N modules at a time, each in its own process (default: the number of CPUs; -j 1 runs
 everything in this process); a module's output is printed whole when it finishes.
+
+--coverage DIR (Python 3.12+) runs the tests on a wrapper of vma-tool that records the lines it
+executes (tests/linecover.py, sys.monitoring), writes DIR/report.txt (the uncovered lines by
+function) and prints the covered percentage and the functions with the most uncovered lines,
+before the summary line.
 """
 
 import concurrent.futures
 import fnmatch
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -107,6 +113,7 @@ def run_parallel(mods, jobs, flags):
 def main(argv):
     verbosity = 1
     failfast = False
+    coverage_dir = None
     jobs = os.cpu_count() or 1
     patterns = []
     args = list(argv)
@@ -118,6 +125,11 @@ def main(argv):
             failfast = True
         elif a == "-j":
             jobs = max(1, int(args.pop(0)))
+        elif a == "--coverage":
+            if not args:
+                sys.stderr.write("run.py: --coverage needs a directory\n")
+                return 2
+            coverage_dir = args.pop(0)
         elif a in ("-h", "--help"):
             print(__doc__.strip())
             return 0
@@ -125,12 +137,40 @@ def main(argv):
             patterns.append(a)
     if TESTS_DIR not in sys.path:
         sys.path.insert(0, TESTS_DIR)
+    if coverage_dir is None:
+        return run(patterns, jobs, verbosity, failfast)
+    if not hasattr(sys, "monitoring"):
+        sys.stderr.write("run.py: --coverage needs Python 3.12 or newer (sys.monitoring); this is %s\n"
+                         % sys.version.split()[0])
+        return 2
+    import linecover
+    import tempfile
+    tool = os.path.abspath(os.environ.get("VMA_TOOL") or
+                           os.path.join(os.path.dirname(TESTS_DIR), "vma-tool"))
+    wrapper_dir = tempfile.mkdtemp(prefix="vma-linecover-")
+    saved = os.environ.get("VMA_TOOL")
+    os.environ["VMA_TOOL"] = linecover.make_wrapper(tool, coverage_dir, wrapper_dir)
+    try:
+        return run(patterns, jobs, verbosity, failfast,
+                   lambda: linecover.report(coverage_dir, tool)[1] + "\n")
+    finally:
+        if saved is None:
+            os.environ.pop("VMA_TOOL", None)
+        else:
+            os.environ["VMA_TOOL"] = saved
+        shutil.rmtree(wrapper_dir, ignore_errors=True)
+
+
+def run(patterns, jobs, verbosity, failfast, coverage_report=None):
+    """Run the matching modules; coverage_report() gives text to print before the summary line."""
     mods = sorted(f[:-3] for f in os.listdir(TESTS_DIR)
                   if f.startswith("test_") and f.endswith(".py"))
     mods = [m for m in mods if _matches(m, patterns)]
     if jobs > 1 and len(mods) > 1:
         flags = (["-v"] if verbosity > 1 else []) + (["-f"] if failfast else [])
         passed, failed, skipped = run_parallel(mods, jobs, flags)
+        if coverage_report:
+            sys.stdout.write(coverage_report())
         sys.stdout.write("%d passed, %d failed, %d skipped\n" % (passed, failed, skipped))
         return 1 if failed else 0
     loader = unittest.TestLoader()
@@ -146,6 +186,10 @@ def main(argv):
     if patterns and not mods:
         sys.stderr.write("run.py: no test module matches %s\n" % " ".join(patterns))
         sys.stderr.flush()
+    if coverage_report:
+        import linecover
+        linecover.flush()               # this process imported the tool too
+        sys.stdout.write(coverage_report())
     sys.stdout.write("%d passed, %d failed, %d skipped\n" % (passed, failed, skipped))
     sys.stdout.flush()
     return 1 if failed or (patterns and not mods) else 0

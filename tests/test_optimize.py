@@ -555,6 +555,24 @@ class InPlaceTest(TmpMixin, unittest.TestCase):
         self.assertEqual(self.read(path), raw)
         self.assertEqual(os.stat(path).st_mtime_ns, before.st_mtime_ns)
 
+    def test_in_place_gzip_already_canonical_writes_nothing(self):
+        """A compressed canonical file is checked before anything is written: no output file is ever
+        created (the fault point where one would be created is never reached)."""
+        path = self.put("vm.vma.gz", gzip.compress(_Shared.expected, 1))
+        r = support.run_tool("optimize", path, env={"VMA_TOOL_FAULT": "output-created:INT"})
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(b"already canonical", r.stdout)
+
+    def test_in_place_gzip_old_layout_rewritten(self):
+        """Canonical uuid and header but the version 1 extent layout: found on the first extents, then
+        rewritten; the result is the canonical form."""
+        vm = vf.make_vm(5, devices=[("drive-scsi0", 3 * 1024 * 1024)], fill=0.5)
+        path = self.put("vm.vma.gz", gzip.compress(bytes(vf.canonical_archive_v1(vm)), 1))
+        r = support.run_tool("optimize", path)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(b"optimized", r.stdout)
+        self.assertSameBytes(gzip.decompress(self.read(path)), bytes(vf.canonical_archive(vm)))
+
 
 class SameFileTest(TmpMixin, unittest.TestCase):
     def setUp(self):
