@@ -41,23 +41,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
+import support  # noqa: E402
 import vmafixture as vf  # noqa: E402  (the tests' independent codec: never imports vma-tool)
 from vmafixture import BLOCK, CLUSTER, CANONICAL_UUID, FIXED_HEADER as FIXED  # noqa: E402
 from vmafixture import EXTENT_HEADER as EXT_HDR  # noqa: E402
 
 
 def tool_path():
-    try:
-        import support
-        return support.TOOL
-    except Exception:  # support.py not there yet
-        return os.environ.get("VMA_TOOL") or os.path.join(os.path.dirname(HERE), "vma-tool")
+    return support.TOOL
 
 
-def tool_argv():
-    """How the tests start vma-tool: the current interpreter with -S (the tool is stdlib-only; skipping
-    site-packages keeps the ~500 short runs of the hostile/fuzz tests fast and proves no third-party import)."""
-    return [sys.executable, "-S", tool_path()]
+tool_argv = support.tool_argv
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -569,25 +563,11 @@ def clean_problems(cmd, rc, stderr, timed_out, allow_many=False):
 
 
 def snapshot(root):
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in dirnames + filenames:
-            p = os.path.join(dirpath, n)
-            rel = os.path.relpath(p, root)
-            try:
-                st = os.lstat(p)
-            except OSError:
-                continue
-            out[rel] = ("d" if os.path.isdir(p) and not os.path.islink(p) else "f", st.st_size)
-    return out
+    """What is under root (without contents: the fuzz loop runs this twice per case)."""
+    return support.snapshot(root, contents=False)
 
 
-def sha(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha = support.sha256_file
 
 
 def unpack_expected(cfgs, disks):

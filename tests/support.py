@@ -25,6 +25,7 @@
     ScratchCase           TestCase base: TempDir plus path() and assertOk(result).
 """
 
+import hashlib
 import importlib.machinery
 import importlib.util
 import os
@@ -40,6 +41,54 @@ REPO = os.path.dirname(TESTS_DIR)
 TOOL = os.path.abspath(os.environ.get("VMA_TOOL") or os.path.join(REPO, "vma-tool"))
 
 ERROR_PREFIX = "vma-tool: error: "
+
+
+def tool_argv():
+    """How the tests start vma-tool: the current interpreter with -S (the tool is stdlib-only; skipping
+    site-packages keeps the many short runs fast and proves that no third-party import is needed)."""
+    return [sys.executable, "-S", TOOL]
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def error_lines(text):
+    """The `vma-tool: error: ...` lines of a stderr text."""
+    return [line for line in text.splitlines() if line.startswith(ERROR_PREFIX)]
+
+
+def snapshot(root, contents=True):
+    """{relative path: ("d", mode) | ("l", target) | ("f", mode, size, digest)} of everything under root, to
+    compare a sandbox before and after a run; contents=False leaves the digests out (None), for speed.  A file
+    that disappears while we look is left out."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            try:
+                st = os.lstat(path)
+                if stat.S_ISLNK(st.st_mode):
+                    out[rel] = ("l", os.readlink(path))
+                elif stat.S_ISDIR(st.st_mode):
+                    out[rel] = ("d", oct(st.st_mode & 0o7777))
+                else:
+                    digest = None
+                    if contents:
+                        h = hashlib.blake2b(digest_size=16)
+                        with open(path, "rb") as f:
+                            for chunk in iter(lambda: f.read(1 << 20), b""):
+                                h.update(chunk)
+                        digest = h.hexdigest()
+                    out[rel] = ("f", oct(st.st_mode & 0o7777), st.st_size, digest)
+            except FileNotFoundError:
+                continue
+    return out
 
 
 def run_tool(*args, stdin=None, input=None, env=None, timeout=120, cwd=None):

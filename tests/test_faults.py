@@ -29,7 +29,6 @@ import ast
 import concurrent.futures
 import fcntl
 import gzip
-import hashlib
 import os
 import re
 import resource
@@ -61,21 +60,9 @@ TEMP_RE = re.compile(r"^\.(?P<name>.+)\.vma-tool-(?P<pid>\d+)-[0-9a-f]{6}\.tmp$"
 JOBS = max(2, min(4, os.cpu_count() or 1))     # runs of one test at a time (each in its own sandbox)
 
 
-def tool_argv():
-    """The current interpreter with -S (the tool is stdlib-only; it starts faster without site-packages)."""
-    return [sys.executable, "-S", support.TOOL]
-
-
-def sha_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(MiB), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def error_lines(text):
-    return [ln for ln in text.splitlines() if ln.startswith(ERROR_PREFIX)]
+tool_argv = support.tool_argv
+sha_file = support.sha256_file
+error_lines = support.error_lines
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -190,25 +177,7 @@ OPS = {
 # ------------------------------------------------------------------------------------------------------------
 # running and snapshots
 
-def snapshot(root):
-    """{relative path: ("d", mode) | ("l", target) | ("f", mode, size, digest)} of everything under root."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in dirnames + filenames:
-            p = os.path.join(dirpath, n)
-            rel = os.path.relpath(p, root)
-            st = os.lstat(p)
-            if os.path.islink(p):
-                out[rel] = ("l", os.readlink(p))
-            elif os.path.isdir(p):
-                out[rel] = ("d", oct(st.st_mode & 0o7777))
-            else:
-                h = hashlib.blake2b(digest_size=16)
-                with open(p, "rb") as f:
-                    for chunk in iter(lambda: f.read(MiB), b""):
-                        h.update(chunk)
-                out[rel] = ("f", oct(st.st_mode & 0o7777), st.st_size, h.hexdigest())
-    return out
+snapshot = support.snapshot
 
 
 def tree_diff(want, got):
