@@ -542,6 +542,31 @@ class CompressedWriteTests(CompressionCase):
         self.assertOk(run_tool("pack", "--ctime", str(default_vm().ctime), d, dst))
         self.check_output(dst, "lzo")
 
+    def same_bytes_whatever_the_environment(self, kind, env):
+        """The compressors read settings from the environment (ZSTD_CLEVEL, GZIP, BZIP2, LZOP); the same
+        archive must give the same compressed bytes on every host, or dedup across hosts is lost."""
+        src = self.put("x.vma", default_archive())
+        plain, tuned = self.path("a.vma." + kind), self.path("b.vma." + kind)
+        self.assertOk(run_tool("optimize", src, plain))
+        self.assertOk(run_tool("optimize", src, tuned, env=env))
+        self.assertSameBytes(self.read(tuned), self.read(plain), "output with %s" % env)
+
+    @unittest.skipUnless(ZSTD, "zstd program not installed")
+    def test_zst_output_ignores_zstd_clevel(self):
+        self.same_bytes_whatever_the_environment("zst", {"ZSTD_CLEVEL": "1"})
+
+    @unittest.skipUnless(shutil.which("gzip"), "gzip program not installed")
+    def test_gz_output_ignores_gzip_variable(self):
+        self.same_bytes_whatever_the_environment("gz", {"GZIP": "-1"})
+
+    @unittest.skipUnless(shutil.which("bzip2"), "bzip2 program not installed")
+    def test_bz2_output_ignores_bzip2_variable(self):
+        self.same_bytes_whatever_the_environment("bz2", {"BZIP2": "-1", "BZIP": "-1"})
+
+    @unittest.skipUnless(LZOP, "lzop program not installed")
+    def test_lzo_output_ignores_lzop_variable(self):
+        self.same_bytes_whatever_the_environment("lzo", {"LZOP": "-9"})
+
     @unittest.skipUnless(ZSTD, "zstd program not installed")
     def test_roundtrip_zst_unpack_pack(self):
         d = self.path("d")
