@@ -54,6 +54,16 @@ class CatTests(CatCase):
         self.assertImage(run_tool("cat", "-", "drive-efidisk0", input=data), vm.disks[0])
         self.assertImage(run_tool("cat", "-", "drive-scsi1", input=data), vm.disks[2])
 
+    def test_all_zero_cells(self):
+        """A device with whole cells (56 clusters) of zeros between data: the zero cells are written
+        as zeros, from a file (no index entries) and from a pipe (no cluster kept)."""
+        vm = fx.make_vm(6102, devices=[("drive-scsi0", 200 * CLUSTER)], fill=0.6)
+        disk = vm.disks[0]
+        disk[10 * CLUSTER:180 * CLUSTER] = bytes(170 * CLUSTER)
+        data = bytes(fx.write_archive(vm, None, seed=4, order="proxmox"))
+        self.assertImage(run_tool("cat", self.put("x.vma", data), "drive-scsi0"), disk, "from a file")
+        self.assertImage(run_tool("cat", "-", "drive-scsi0", input=data), disk, "from a pipe")
+
     def test_reverse_order_file(self):
         vm = default_vm()
         src = self.put("x.vma", fx.write_archive(vm, None, seed=3, order="reverse", per_extent=1))

@@ -8,6 +8,7 @@ vmafixture.parse_layout and a raw walk), and by content (vmafixture.restore).
 """
 import gzip
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -554,6 +555,17 @@ class InPlaceTest(TmpMixin, unittest.TestCase):
         self.assertIn(b"already", (r.stdout + r.stderr).lower())
         self.assertEqual(self.read(path), raw)
         self.assertEqual(os.stat(path).st_mtime_ns, before.st_mtime_ns)
+
+    def test_json_file_to_file(self):
+        src = self.put("vm.vma", _Shared.archive("proxmox"))
+        dst = os.path.join(self.tmp, "out.vma")
+        r = support.run_tool("optimize", "--json", src, dst)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        result = json.loads(r.stdout)
+        self.assertEqual((result["file"], result["output"], result["result"]), (src, dst, "optimized"))
+        self.assertEqual((result["bytes_before"], result["bytes_after"]),
+                         (os.path.getsize(src), len(_Shared.expected)))
+        self.assertSameBytes(self.read(dst), _Shared.expected)
 
     def test_in_place_gzip_already_canonical_writes_nothing(self):
         """A compressed canonical file is checked before anything is written: no output file is ever

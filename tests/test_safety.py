@@ -238,6 +238,40 @@ class OverwriteTest(SafetyCase):
         self.assertNotIn("not a vma", self.err(r).lower())
         self.assertBytes("b.vma", b"precious\n")
 
+    def stopped_before_install(self, *args, dst):
+        """Run vma-tool, stopped (SIGSTOP fault point) right before its output takes its name; create dst
+        meanwhile, then let it go on.  Returns (returncode, stderr)."""
+        env = dict(os.environ, VMA_TOOL_FAULT="before-install:STOP")
+        p = subprocess.Popen([sys.executable, support.TOOL] + list(args), cwd=self.tmp, env=env,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _, status = os.waitpid(p.pid, os.WUNTRACED)
+            self.assertTrue(os.WIFSTOPPED(status), "the run did not stop at before-install")
+            self.write(dst, b"appeared meanwhile\n")
+            os.kill(p.pid, signal.SIGCONT)
+            err = p.stderr.read()
+            return p.wait(timeout=TIMEOUT), err
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stderr.close()
+
+    def test_dst_that_appears_during_the_run_is_kept(self):
+        """DST did not exist when the run began but does when the output is about to take its name
+        (another job, a second vma-tool): it is not replaced, the run fails and leaves nothing."""
+        self.write("a.vma", _archive())
+        for args, dst in ((["optimize", "a.vma", "b.vma"], "b.vma"),
+                          (["unpack", "a.vma", "out"], "out/qemu-server.conf")):
+            with self.subTest(command=args[0]):
+                rc, err = self.stopped_before_install(*args, dst=dst)
+                self.assertEqual(rc, 3, err)
+                self.assertIn("appeared while we were writing it", err.decode())
+                self.assertBytes(dst, b"appeared meanwhile\n")
+                self.assertFalse([n for n in self.tree() if ".vma-tool-" in n], self.tree())
+                if args[0] == "unpack":
+                    self.assertEqual(self.listing("out"), ["qemu-server.conf"])
+
     def test_optimize_force_replaces(self):
         for flag in ("-f", "--force"):
             with self.subTest(flag=flag):
