@@ -64,6 +64,19 @@ class CatTests(CatCase):
         self.assertImage(run_tool("cat", self.put("x.vma", data), "drive-scsi0"), disk, "from a file")
         self.assertImage(run_tool("cat", "-", "drive-scsi0", input=data), disk, "from a pipe")
 
+    def test_stream_interrupted_after_the_image_still_fails(self):
+        """From a stream the archive after the device is still read and checked: a signal after the
+        image's last byte (the device Proxmox writes first) interrupts that check, so cat fails; from a
+        file everything was checked before the first byte, so the same signal cannot fail it."""
+        vm = fx.make_vm(6103, devices=[("drive-scsi0", 2 * 1024 * 1024), ("drive-virtio0", 1024 * 1024)],
+                        fill=0.8)
+        data = bytes(fx.write_archive(vm, None, seed=5, order="proxmox"))
+        fault = {"VMA_TOOL_FAULT": "data-written@1:INT"}       # the one cell of drive-virtio0
+        r = run_tool("cat", "-", "drive-virtio0", input=data, env=fault)
+        self.assertEqual(r.returncode, 130, r.stderr)
+        self.assertIn(b"interrupted", r.stderr)
+        self.assertImage(run_tool("cat", self.put("x.vma", data), "drive-virtio0", env=fault), vm.disks[1])
+
     def test_reverse_order_file(self):
         vm = default_vm()
         src = self.put("x.vma", fx.write_archive(vm, None, seed=3, order="reverse", per_extent=1))
