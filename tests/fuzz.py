@@ -707,9 +707,13 @@ def check_case(data, workdir, commands, timeout=20, strict_oracle=False, orc=Non
             try:
                 j = json.loads(out.decode("utf-8"))
                 cfgs, disks = orc[1]
-                if [(c["name"], c["size"]) for c in j["configs"]] != [(n, len(d)) for n, d in cfgs]:
+                # a name with an embedded NUL: vma-tool keeps it whole, Proxmox (and the oracle) cut it
+                # there; a deliberate difference (README, Safety), so compare up to the NUL
+                if [(c["name"].split("\0")[0], c["size"]) for c in j["configs"]] != \
+                        [(n, len(d)) for n, d in cfgs]:
                     fails.append("info: configs %r != oracle" % j["configs"])
-                if sorted((d["name"], d["size"]) for d in j["devices"]) != sorted((n, len(d)) for n, d in disks.items()):
+                if sorted((d["name"].split("\0")[0], d["size"]) for d in j["devices"]) != \
+                        sorted((n, len(d)) for n, d in disks.items()):
                     fails.append("info: devices %r != oracle" % [(d["name"], d["size"]) for d in j["devices"]])
             except Exception as exc:
                 fails.append("info --json: bad output (%s: %s)" % (type(exc).__name__, exc))
