@@ -556,6 +556,19 @@ class InPlaceTest(TmpMixin, unittest.TestCase):
         self.assertEqual(self.read(path), raw)
         self.assertEqual(os.stat(path).st_mtime_ns, before.st_mtime_ns)
 
+    def test_extent_after_the_last_device_is_not_canonical(self):
+        """The canonical bytes plus one more (empty) extent that Proxmox's reader accepts: not the
+        canonical form, so optimize in place rewrites it to exactly the canonical bytes."""
+        extra = vf.encode_extent(vf.CANONICAL_UUID, [])
+        path = self.put("vm.vma", _Shared.expected + extra)
+        r = support.run_tool("verify", path)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = support.run_tool("info", "--json", path)
+        self.assertFalse(json.loads(r.stdout)["canonical"], r.stdout)
+        r = support.run_tool("optimize", path)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertSameBytes(self.read(path), _Shared.expected)
+
     def test_json_file_to_file(self):
         src = self.put("vm.vma", _Shared.archive("proxmox"))
         dst = os.path.join(self.tmp, "out.vma")
