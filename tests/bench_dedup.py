@@ -375,21 +375,7 @@ def vma_tool(*args):
                           stdin=subprocess.DEVNULL)
 
 
-def concat(paths, dst):
-    """Concatenate paths into dst, leaving holes for all-zero 1 MiB pieces."""
-    zero = bytes(MiB)
-    with open(dst, "wb") as out:
-        for p in paths:
-            with open(p, "rb") as f:
-                while True:
-                    buf = f.read(MiB)
-                    if not buf:
-                        break
-                    if buf == zero[:len(buf)]:
-                        out.seek(len(buf), 1)
-                    else:
-                        out.write(buf)
-        out.truncate(out.tell())
+concat = diskmodel.sparse_concat
 
 
 def zstd(src, dst):

@@ -521,19 +521,26 @@ def _gpt(rng, disk_size, fs_size):
     return bytes(mbr) + bytes(hdr) + entries, entries + bytes(hdr)
 
 
+def sparse_concat(paths, dst):
+    """Concatenate paths into dst, leaving holes where they have all-zero 1 MiB pieces."""
+    zero = bytes(MiB)
+    with open(dst, "wb") as out:
+        for path in paths:
+            with open(path, "rb") as f:
+                while True:
+                    buf = f.read(MiB)
+                    if not buf:
+                        break
+                    if buf == zero[:len(buf)]:
+                        out.seek(len(buf), 1)
+                    else:
+                        out.write(buf)
+        out.truncate(out.tell())
+
+
 def sparse_copy(src, dst):
     """Copy src to dst, leaving holes where src has all-zero 1 MiB pieces."""
-    with open(src, "rb") as f, open(dst, "wb") as g:
-        zero = bytes(MiB)
-        while True:
-            buf = f.read(MiB)
-            if not buf:
-                break
-            if buf == zero[:len(buf)]:
-                g.seek(len(buf), 1)
-            else:
-                g.write(buf)
-        g.truncate(f.tell())
+    sparse_concat([src], dst)
 
 
 class Ext4Disks:
