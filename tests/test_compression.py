@@ -62,6 +62,17 @@ def decompress(kind, data):
     return r.stdout
 
 
+def lzop_without_clock(data):
+    """lzop writes the current time into its header when it compresses a pipe (no option avoids it),
+    so two runs a second apart differ there: blank the time and the header checksum over it.
+    Header: magic 9, version 2, library version 2, version needed 2, method 1, level 1, flags 4,
+    [filter 4 if flags & 0x800], mode 4, mtime low 4, mtime high 4, name length 1, name, checksum 4."""
+    flags = int.from_bytes(data[17:21], "big")
+    mtime = 21 + (4 if flags & 0x800 else 0) + 4
+    checksum = mtime + 8 + 1 + data[mtime + 8]
+    return data[:mtime] + bytes(8) + data[mtime + 8:checksum] + bytes(4) + data[checksum + 4:]
+
+
 def default_vm():
     return fixture_vm(7101)
 
@@ -542,14 +553,15 @@ class CompressedWriteTests(CompressionCase):
         self.assertOk(run_tool("pack", "--ctime", str(default_vm().ctime), d, dst))
         self.check_output(dst, "lzo")
 
-    def same_bytes_whatever_the_environment(self, kind, env):
+    def same_bytes_whatever_the_environment(self, kind, env, clock_free=lambda data: data):
         """The compressors read settings from the environment (ZSTD_CLEVEL, GZIP, BZIP2, LZOP); the same
         archive must give the same compressed bytes on every host, or dedup across hosts is lost."""
         src = self.put("x.vma", default_archive())
         plain, tuned = self.path("a.vma." + kind), self.path("b.vma." + kind)
         self.assertOk(run_tool("optimize", src, plain))
         self.assertOk(run_tool("optimize", src, tuned, env=env))
-        self.assertSameBytes(self.read(tuned), self.read(plain), "output with %s" % env)
+        self.assertSameBytes(clock_free(self.read(tuned)), clock_free(self.read(plain)),
+                             "output with %s" % env)
 
     @unittest.skipUnless(ZSTD, "zstd program not installed")
     def test_zst_output_ignores_zstd_clevel(self):
@@ -565,7 +577,7 @@ class CompressedWriteTests(CompressionCase):
 
     @unittest.skipUnless(LZOP, "lzop program not installed")
     def test_lzo_output_ignores_lzop_variable(self):
-        self.same_bytes_whatever_the_environment("lzo", {"LZOP": "-9"})
+        self.same_bytes_whatever_the_environment("lzo", {"LZOP": "-9"}, lzop_without_clock)
 
     @unittest.skipUnless(ZSTD, "zstd program not installed")
     def test_roundtrip_zst_unpack_pack(self):
