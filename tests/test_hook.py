@@ -229,6 +229,17 @@ class JsonResultTest(support.ScratchCase):
         r = support.run_tool("optimize", "--json", a, "-")
         support.assert_clean_error(self, r, "--json", code=2)
 
+    def test_invalid_archive_lists_its_problems(self):
+        vm = vf.make_vm(5702, devices=[("drive-scsi0", 20 * CLUSTER)])
+        cut = self.put("cut.vma", bytes(vf.write_archive(vm, None, seed=1))[:-70000])
+        r = support.run_tool("verify", "--json", cut)
+        self.assertEqual(r.returncode, 1)
+        [result] = [json.loads(line) for line in r.stdout.decode().splitlines()]
+        self.assertEqual((result["file"], result["result"], result["exit_status"]), (cut, "invalid", 1))
+        [problem] = result["problems"]
+        self.assertIn("truncated", problem)
+        self.assertIn(problem, r.stderr.decode())
+
 
 if __name__ == "__main__":
     unittest.main()
