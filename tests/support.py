@@ -136,7 +136,7 @@ def assert_clean_error(testcase, result, *keywords, code=None, multiple=None):
     testcase.assertNotIn("Traceback", out, "traceback on stdout" + ctx)
     lines = [ln for ln in err.splitlines() if ln.startswith(ERROR_PREFIX)]
     if multiple is None:
-        args = [a.decode() if isinstance(a, bytes) else str(a) for a in (result.args or [])]
+        args = [a.decode(errors="replace") if isinstance(a, bytes) else str(a) for a in (result.args or [])]
         multiple = "verify" in args
     if multiple:
         testcase.assertGreaterEqual(len(lines), 1, "no %r line" % ERROR_PREFIX + ctx)

@@ -491,13 +491,15 @@ class HookSettings(Gaps):
 
 # ----------------------------------------------------------------------------------------------
 class Scratch(Gaps):
-    """Clusters that arrive before their turn go to a scratch file once --memory is used up: one
-    that cannot be created or written is a clean error (exit 3) naming the place and the way out."""
+    """Clusters that arrive before their turn go to a scratch file once --memory is used up: a
+    --tmpdir that does not exist is refused at the start, one that cannot be written is a clean
+    error (exit 3) naming the place and the way out."""
 
-    def test_cannot_create(self):
+    def test_missing_place_is_refused_before_any_work(self):
         r = run_tool("optimize", "--memory", "0", "--tmpdir", self.path("missing"), "-", "-",
                      input=small_archive())
-        assert_clean_error(self, r, "cannot create a scratch file", "missing", code=3)
+        assert_clean_error(self, r, "--tmpdir", "no such directory", "missing", code=2)
+        self.assertEqual(r.stdout, b"")
 
     def test_cannot_write(self):
         limit = 3 * CLUSTER
