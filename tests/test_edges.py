@@ -8,6 +8,7 @@
 * arguments and settings out of range give one error line, never a traceback.
 """
 
+import gzip
 import os
 import re
 import resource
@@ -136,6 +137,32 @@ class SpecialOutputTest(EdgeCase):
         self.assertRefused(support.run_tool("unpack", "-f", src, d), "qemu-server.fw", "is a directory")
         self.assertEqual(self.read(os.path.join(d, "qemu-server.conf")), b"old\n")
         self.assertEqual(temporaries(self.tmp), [])
+
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root to run as another user")
+    def test_another_users_file_in_a_sticky_directory_is_refused_up_front(self):
+        os.chmod(self.tmp, 0o755)
+        src = self.put("a.vma", small_archive())
+        os.mkdir(self.path("shared"))
+        os.chmod(self.path("shared"), 0o1777)
+        theirs = self.put("shared/o.vma", b"root's")
+        nobody = 65534
+
+        def as_nobody():
+            os.setgid(nobody)
+            os.setuid(nobody)
+        python = shutil.which("python3", path="/usr/bin:/bin")      # root's own Python may be out of reach
+        try:
+            r = subprocess.run([python or "python3", "-S", support.TOOL, "optimize", "-f", src, theirs],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                               preexec_fn=as_nobody, timeout=60)
+        except OSError as error:
+            self.skipTest("cannot run Python as uid %d here: %s" % (nobody, error))
+        if b"Permission denied" in r.stderr and b"a.vma" in r.stderr or b"SyntaxError" in r.stderr:
+            self.skipTest("the tool, its archive or a Python 3.9+ is out of reach of uid %d here" % nobody)
+        self.assertRefused(r, "o.vma", "another user", "sticky")
+        self.assertEqual(self.read(theirs), b"root's")
+        self.assertEqual(os.listdir(self.path("shared")), ["o.vma"])
 
 
 class PackInputsTest(EdgeCase):
@@ -281,6 +308,16 @@ class ReportTest(EdgeCase):
         stored = int(re.search(r"total bytes read (\d+)", text).group(1))
         self.assertIn("zero bytes %d " % (64 * CLUSTER - stored - missing), text)
         self.assertIn("missing bytes %d " % missing, text)
+
+    def test_corrupt_compressed_stream_is_named_not_a_wrong_magic(self):
+        # bzip2 and gzip hand out bytes before the checksum that fails: here a gzip member whose
+        # CRC is wrong, so its (wrong) first bytes come out before the error does
+        member = bytearray(gzip.compress(b"VMX\0" + bytes(2 << 20), 6, mtime=0))
+        member[-8] ^= 0xff
+        path = self.put("c.vma.gz", bytes(member))
+        for src in (path, "-"):
+            r = support.run_tool("info", src, input=bytes(member))
+            support.assert_clean_error(self, r, "gzip decompression failed", "crc", code=1)
 
     def test_info_columns_stay_aligned_for_two_digit_ids(self):
         devices = [("drive-scsi%d" % i, CLUSTER) for i in range(11)]

@@ -200,7 +200,8 @@ def error_cases(abs_dir):
     def use_255(ents):
         ents[0][2], ents[0][3] = 255, 0
     dat, lo, hi = _reencode(d255, walk_extents(d255)[1], use_255)
-    add(Case("dev_id 255 declared in header slot 255", dat, ("unknown device", "255"), (lo, hi)))
+    add(Case("dev_id 255 declared in header slot 255", dat, ("unknown device", "255", "neither writes nor restores"),
+             (lo, hi)))
 
     def set_cluster(c, dev_idx=0):
         def fn(ents):

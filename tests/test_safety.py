@@ -12,6 +12,7 @@ canonical).  Optimize and pack output is checked by content (vmafixture.restore)
 canonical writer (the canonical layout has its own tests).  Every subprocess has a timeout.
 """
 
+import gzip
 import json
 import os
 import pty
@@ -677,6 +678,16 @@ class LinkTest(SafetyCase):
         self.assertBytes("other.vma", _archive())
         self.assertTrue(os.path.samefile(self.path("a.vma"), self.path("other.vma")))
         self.assertEqual(self.listing(), ["a.vma", "other.vma"])
+
+    def test_hard_link_already_canonical_is_reported_as_such(self):
+        canonical = bytes(vf.canonical_archive(_vm()))
+        for name in ("a.vma", "a.vma.gz"):
+            self.write(name, canonical if name == "a.vma" else gzip.compress(canonical, 6, mtime=0))
+            os.link(self.path(name), self.path("other-" + name))
+            r = self.tool("optimize", name)
+            self.assertOk(r)
+            self.assertIn(b"already canonical", r.stdout)
+            self.assertTrue(os.path.samefile(self.path(name), self.path("other-" + name)))
 
     def test_hard_link_force(self):
         self.write("a.vma", _archive())
