@@ -239,16 +239,19 @@ class OverwriteTest(SafetyCase):
         self.assertNotIn("not a vma", self.err(r).lower())
         self.assertBytes("b.vma", b"precious\n")
 
-    def stopped_before_install(self, *args, dst):
+    def stopped_before_install(self, *args, dst, meanwhile=None):
         """Run vma-tool, stopped (SIGSTOP fault point) right before its output takes its name; create dst
-        meanwhile, then let it go on.  Returns (returncode, stderr)."""
+        meanwhile (or call meanwhile()), then let it go on.  Returns (returncode, stderr)."""
         env = dict(os.environ, VMA_TOOL_FAULT="before-install:STOP")
         p = subprocess.Popen([sys.executable, support.TOOL] + list(args), cwd=self.tmp, env=env,
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             _, status = os.waitpid(p.pid, os.WUNTRACED)
             self.assertTrue(os.WIFSTOPPED(status), "the run did not stop at before-install")
-            self.write(dst, b"appeared meanwhile\n")
+            if meanwhile is None:
+                self.write(dst, b"appeared meanwhile\n")
+            else:
+                meanwhile()
             os.kill(p.pid, signal.SIGCONT)
             err = p.stderr.read()
             return p.wait(timeout=TIMEOUT), err
@@ -272,6 +275,17 @@ class OverwriteTest(SafetyCase):
                 self.assertFalse([n for n in self.tree() if ".vma-tool-" in n], self.tree())
                 if args[0] == "unpack":
                     self.assertEqual(self.listing("out"), ["qemu-server.conf"])
+
+    def test_directory_that_appears_during_a_forced_run_is_kept(self):
+        """The rename itself fails (a directory took the name): the message names DST, never the
+        temporary file, and nothing is left behind."""
+        self.write("a.vma", _archive())
+        rc, err = self.stopped_before_install("optimize", "-f", "a.vma", "b.vma", dst="b.vma",
+                                              meanwhile=lambda: os.makedirs(self.path("b.vma", "inside")))
+        self.assertEqual(rc, 3, err)
+        self.assertEqual(support.error_lines(err.decode()), ["vma-tool: error: cannot replace b.vma: Is a directory"])
+        self.assertEqual(self.listing("b.vma"), ["inside"])
+        self.assertFalse([n for n in self.tree() if ".vma-tool-" in n], self.tree())
 
     def test_optimize_force_replaces(self):
         for flag in ("-f", "--force"):
