@@ -257,6 +257,9 @@ class ArgumentLimitTest(EdgeCase):
             (("pack", "--ctime", "99999999999999999999", d, self.path("p.vma")), "out of range"),
             (("pack", "--ctime", "-99999999999999999999", d, self.path("p.vma")), "out of range"),
             (("optimize", "--memory", "inf", "-", "-"), "not a size"),
+            (("optimize", "-u", "name=a\rb", src, self.path("o.vma")), "one-line value"),
+            (("optimize", "--add", "-u", "description=" + "x" * 65500, src, self.path("o.vma")),
+             "over the format's limit"),
             (("optimize", "--tmpdir", self.path("missing"), "-", "-"), "no such directory"),
         ]
         for args, words in cases:

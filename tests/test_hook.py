@@ -125,6 +125,18 @@ class HookTest(support.ScratchCase):
         support.assert_clean_error(self, r, "exists", code=3)
         self.assertEqual((self.read(path), self.read(other)), (data, b"another backup"))
 
+    def test_plain_never_replaces_an_existing_sidecar(self):
+        path, data = self.dump("vzdump-qemu-100-2026_11_29-01_00_00.vma.gz", "gz")
+        self.put(os.path.basename(path) + ".notes", b"this backup's notes")
+        other = self.put("vzdump-qemu-100-2026_11_29-01_00_00.vma.notes", b"another backup's notes")
+        conf = self.put("vma-tool.conf", b"\xef\xbb\xbfcompressed = plain\n")      # with a BOM
+        r = fake_vzdump("backup-end", path, config=conf)
+        support.assert_clean_error(self, r, "vma.notes exists", code=3)
+        self.assertEqual((self.read(path), self.read(other)), (data, b"another backup's notes"))
+        name = os.path.basename(path)
+        self.assertEqual(sorted(os.listdir(self.tmp)),
+                         sorted([name, name + ".notes", os.path.basename(other), "vma-tool.conf"]))
+
     def test_bad_settings_and_bad_archive_fail_one_line(self):
         path, data = self.dump("vzdump-qemu-100-2026_11_29-01_00_00.vma")
         conf = self.put("vma-tool.conf", b"compressed = sometimes\n")

@@ -239,10 +239,10 @@ class OverwriteTest(SafetyCase):
         self.assertNotIn("not a vma", self.err(r).lower())
         self.assertBytes("b.vma", b"precious\n")
 
-    def stopped_before_install(self, *args, dst, meanwhile=None):
+    def stopped_before_install(self, *args, dst, meanwhile=None, point="before-install"):
         """Run vma-tool, stopped (SIGSTOP fault point) right before its output takes its name; create dst
         meanwhile (or call meanwhile()), then let it go on.  Returns (returncode, stderr)."""
-        env = dict(os.environ, VMA_TOOL_FAULT="before-install:STOP")
+        env = dict(os.environ, VMA_TOOL_FAULT=point + ":STOP")
         p = subprocess.Popen([sys.executable, support.TOOL] + list(args), cwd=self.tmp, env=env,
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
@@ -276,6 +276,48 @@ class OverwriteTest(SafetyCase):
                 if args[0] == "unpack":
                     self.assertEqual(self.listing("out"), ["qemu-server.conf"])
 
+    def test_unpack_that_fails_between_two_renames_takes_back_the_first(self):
+        """Another run creates the second name after the first file took its name: the run fails and
+        removes the file it had installed, so a failed unpack still leaves nothing."""
+        self.write("a.vma", _archive())
+        self.assertOk(self.tool("unpack", "a.vma", "planned"))
+        planned = self.listing("planned")
+        created = []
+
+        def meanwhile():
+            installed = [n for n in self.listing("out") if ".vma-tool-" not in n]
+            self.assertEqual(len(installed), 1, installed)
+            created.append([n for n in planned if n not in installed][0])
+            self.write(os.path.join("out", created[0]), b"appeared meanwhile\n")
+        rc, err = self.stopped_before_install("unpack", "a.vma", "out", dst=None, meanwhile=meanwhile,
+                                              point="installed@1")
+        self.assertEqual(rc, 3, err)
+        self.assertIn("appeared while we were writing it", err.decode())
+        self.assertEqual(self.listing("out"), created)
+        self.assertFalse([n for n in self.tree() if ".vma-tool-" in n], self.tree())
+
+    def test_in_place_file_replaced_during_the_run_is_kept(self):
+        """optimize in place (plain, compressed, the hook's job) while another program replaces or
+        removes the file: the newcomer is never overwritten by the old archive's optimized copy."""
+        newer = b"a newer backup\n"
+        for name in ("x.vma", "x.vma.gz"):
+            for removed in (False, True):
+                with self.subTest(name=name, removed=removed):
+                    self.write(name, _archive() if name == "x.vma" else gzip.compress(_archive(), 1))
+
+                    def meanwhile():
+                        os.unlink(self.path(name))
+                        if not removed:
+                            self.write(name, newer)
+                    rc, err = self.stopped_before_install("optimize", name, dst=name, meanwhile=meanwhile)
+                    self.assertEqual(rc, 3, err)
+                    self.assertIn("replaced or removed while we optimized it", err.decode())
+                    if removed:
+                        self.assertFalse(os.path.exists(self.path(name)))
+                    else:
+                        self.assertBytes(name, newer)
+                    self.assertFalse([n for n in self.tree() if ".vma-tool-" in n], self.tree())
+
     def test_directory_that_appears_during_a_forced_run_is_kept(self):
         """The rename itself fails (a directory took the name): the message names DST, never the
         temporary file, and nothing is left behind."""
@@ -283,7 +325,8 @@ class OverwriteTest(SafetyCase):
         rc, err = self.stopped_before_install("optimize", "-f", "a.vma", "b.vma", dst="b.vma",
                                               meanwhile=lambda: os.makedirs(self.path("b.vma", "inside")))
         self.assertEqual(rc, 3, err)
-        self.assertEqual(support.error_lines(err.decode()), ["vma-tool: error: cannot replace b.vma: Is a directory"])
+        self.assertEqual(support.error_lines(err.decode()),
+                         ["vma-tool: error: cannot replace b.vma: Is a directory"])
         self.assertEqual(self.listing("b.vma"), ["inside"])
         self.assertFalse([n for n in self.tree() if ".vma-tool-" in n], self.tree())
 

@@ -139,6 +139,21 @@ class FailedStreamTest(support.ScratchCase):
         r2 = stream("verify", "-", data=r.stdout)
         self.assertEqual(r2.returncode, 1)
 
+    def test_cut_stream_never_ends_on_an_extent_boundary(self):
+        """Even without its mark (a slow reader's full pipe has no room for it) a failed stream must
+        not look like a whole archive that lacks clusters: it never stops right after an extent."""
+        vm = vf.make_vm(4406, devices=[("drive-scsi0", 300 * CLUSTER)], fill=0.9)
+        data = bytes(vf.write_archive(vm, None, seed=3))
+        for count in (1, 2, 5):
+            r = stream("optimize", "-", "-", data=data, env={"VMA_TOOL_FAULT": "data-written@%d:INT" % count})
+            support.assert_clean_error(self, r, "interrupted", code=130)
+            out = r.stdout
+            mark = out.rfind(b"\nvma-tool: INCOMPLETE ARCHIVE")
+            self.assertGreater(mark, 0, "no mark at all")
+            sent = out[:mark]                   # what a full pipe would have ended with
+            boundaries = {vf.header_size(sent)} | {extent.end for extent in vf.walk_extents(sent)}
+            self.assertNotIn(len(sent), boundaries, "write %d: the stream stops on an extent boundary" % count)
+
     def test_failed_file_output_leaves_nothing(self):
         vm = vf.make_vm(4405, devices=[("drive-scsi0", 300 * CLUSTER)], fill=0.9)
         data = vf.write_archive(vm, None, seed=3, omit=[(0, 299)])
