@@ -326,6 +326,15 @@ class ReportTest(EdgeCase):
             r = support.run_tool("info", src, input=bytes(member))
             support.assert_clean_error(self, r, "gzip decompression failed", "crc", code=1)
 
+    @unittest.skipUnless(os.path.exists("/dev/full"), "no /dev/full")
+    def test_full_stdout_is_named(self):
+        src = self.put("a.vma", small_archive())
+        for args in (("cat", src, "drive-scsi0"), ("optimize", src, "-"), ("optimize", "-", "-")):
+            with open("/dev/full", "wb") as full:
+                r = subprocess.run(support.tool_argv() + list(args), stdout=full, stderr=subprocess.PIPE,
+                                   input=small_archive(), timeout=60)
+            support.assert_clean_error(self, r, "cannot write standard output", "no space left", code=3)
+
     def test_info_columns_stay_aligned_for_two_digit_ids(self):
         devices = [("drive-scsi%d" % i, CLUSTER) for i in range(11)]
         src = self.put("many.vma", bytes(vf.write_archive(vf.make_vm(6105, devices=devices), None, seed=1)))
