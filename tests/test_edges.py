@@ -9,6 +9,7 @@
 """
 
 import gzip
+import json
 import os
 import re
 import resource
@@ -220,6 +221,22 @@ class PackInputsTest(EdgeCase):
         self.assertEqual(self.read(got), self.read(expected))
 
 
+class BlockDeviceArchiveTest(EdgeCase):
+
+    @unittest.skipUnless(os.geteuid() == 0 and shutil.which("losetup"), "needs root and losetup")
+    def test_archive_on_a_block_device_is_read(self):
+        src = self.put("a.vma", small_archive())
+        attach = subprocess.run(["losetup", "-f", "--show", src], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if attach.returncode != 0:
+            self.skipTest("losetup cannot attach here: %s" % attach.stderr.decode().strip())
+        loop = attach.stdout.decode().strip()
+        self.addCleanup(subprocess.run, ["losetup", "-d", loop])
+        self.assertOk(support.run_tool("verify", loop))
+        self.assertOk(support.run_tool("optimize", loop, self.path("o.vma")))
+        self.assertEqual(self.read(self.path("o.vma")), canonical())
+        support.assert_clean_error(self, support.run_tool("optimize", loop), "regular file", code=2)
+
+
 class StoppingSignalTest(EdgeCase):
 
     def test_sighup_removes_the_temporary_file(self):
@@ -334,6 +351,37 @@ class ReportTest(EdgeCase):
                 r = subprocess.run(support.tool_argv() + list(args), stdout=full, stderr=subprocess.PIPE,
                                    input=small_archive(), timeout=60)
             support.assert_clean_error(self, r, "cannot write standard output", "no space left", code=3)
+
+    @unittest.skipUnless(os.path.exists("/dev/full"), "no /dev/full")
+    def test_full_stdout_fails_the_run_not_the_file(self):
+        src = self.put("a.vma", small_archive())
+        for args in (("info", src, src), ("info", "--json", src, src), ("verify", "-v", src, src),
+                     ("verify", src, src), ("optimize", "--in-place", src, src)):
+            with open("/dev/full", "wb") as full:
+                r = subprocess.run(support.tool_argv() + list(args), stdout=full, stderr=subprocess.PIPE,
+                                   stdin=subprocess.DEVNULL, timeout=60)
+            support.assert_clean_error(self, r, "cannot write standard output", code=3, multiple=False)
+            self.assertNotIn(src.encode(), r.stderr, args)
+
+    def test_json_objects_one_per_file_each_with_its_status(self):
+        data = small_archive()
+        good = self.put("good.vma", data)
+        cut = self.put("cut.vma", data[:vf.walk_extents(data)[-1].offset])
+        r = support.run_tool("info", "--json", cut, good)
+        self.assertEqual(r.returncode, 1)
+        reports = json.loads(r.stdout)
+        self.assertEqual([(o["file"], o.get("exit_status"), "error" in o) for o in reports],
+                         [(cut, 1, True), (good, None, False)])
+        r = support.run_tool("optimize", "--json", "--in-place", good, good)
+        self.assertOk(r)
+        self.assertEqual([(o["result"], o["exit_status"]) for o in map(json.loads, r.stdout.splitlines())],
+                         [("optimized", 0), ("already canonical", 0)])
+
+    def test_unsupported_input_names_the_file(self):
+        good = self.put("good.vma", small_archive())
+        xz = self.put("c.vma.xz", b"\xfd7zXZ\x00" + bytes(100))
+        r = support.run_tool("verify", good, xz)
+        support.assert_clean_error(self, r, xz + ": xz-compressed input is not supported", code=3)
 
     def test_info_columns_stay_aligned_for_two_digit_ids(self):
         devices = [("drive-scsi%d" % i, CLUSTER) for i in range(11)]

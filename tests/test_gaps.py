@@ -270,6 +270,7 @@ class StdlibCompressors(Gaps):
         self.assertEqual(data[:2], b"\x1f\x8b")
         self.assertEqual(data[4:8], bytes(4), "gzip header mtime is not 0")
         self.assertEqual(data[3] & 0x08, 0, "gzip header carries a file name")
+        self.assertEqual(data[8], 0, "not level 6 like the gzip program (XFL 2 is level 9, 4 level 1)")
 
     def test_bzip2(self):
         data = self.check(".bz2", bz2.decompress)
