@@ -18,6 +18,7 @@ import signal
 import stat
 import subprocess
 import unittest
+from unittest import mock
 
 import support
 import vmafixture as vf
@@ -390,6 +391,79 @@ class ReportTest(EdgeCase):
         self.assertOk(r)
         columns = {line.index("drive-") for line in r.stdout.decode().splitlines() if line.startswith("device")}
         self.assertEqual(len(columns), 1, r.stdout.decode())
+
+
+class OutputTransactionTest(support.ScratchCase):
+    """White-box: the order of a commit and the rules of install(), which no command-line run can
+    reach (the window between the last check and the rename has no fault point)."""
+
+    def setUp(self):
+        self.vt = support.load_tool_module()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        self.addCleanup(signal.pthread_sigmask, signal.SIG_SETMASK, mask)     # commit() holds signals
+
+    def test_install_without_force_never_replaces(self):
+        directory = os.open(self.tmp, os.O_RDONLY | os.O_DIRECTORY)
+        self.addCleanup(os.close, directory)
+        for dir_fd in (None, directory):
+            name = (lambda n: n) if dir_fd is not None else self.path
+            self.put("t", b"new")
+            self.put("final", b"old")
+            with self.assertRaises(self.vt.EnvironmentProblem) as raised:
+                self.vt.install(name("t"), name("final"), False, "final", dir_fd=dir_fd)
+            self.assertIn("appeared while we were writing it", str(raised.exception))
+            self.assertEqual(self.read(self.path("final")), b"old")
+            self.vt.install(name("t"), name("final"), True, "final", dir_fd=dir_fd)
+            self.assertEqual(self.read(self.path("final")), b"new")
+
+    def test_commit_syncs_the_file_then_renames_then_syncs_the_directory(self):
+        events = []
+        real = {name: getattr(os, name) for name in ("fsync", "link", "replace", "rename")}
+
+        def fsync(fd):
+            info = os.fstat(fd)
+            events.append(("fsync", stat.S_ISDIR(info.st_mode), info.st_ino))
+            return real["fsync"](fd)
+
+        def renaming(name):
+            def call(*args, **kwargs):
+                events.append((name,))
+                return real[name](*args, **kwargs)
+            return call
+        patches = [mock.patch.object(os, "fsync", fsync)] + [mock.patch.object(os, name, renaming(name))
+                                                               for name in ("link", "replace", "rename")]
+        for patch in patches:
+            patch.start()
+            self.addCleanup(patch.stop)
+        outputs = self.vt.OutputFiles(self.tmp, False)
+        fd = outputs.create("x")
+        os.write(fd, b"data")
+        outputs.commit()
+        for patch in patches:
+            patch.stop()
+        file_ino, dir_ino = os.stat(self.path("x")).st_ino, os.stat(self.tmp).st_ino
+        self.assertEqual(events, [("fsync", False, file_ino), ("link",), ("fsync", True, dir_ino)])
+
+    @unittest.skipUnless(os.path.exists("/proc/self/task"), "needs /proc/self/task")
+    def test_helper_threads_never_take_a_stopping_signal(self):
+        """Else Ctrl-C could strike after hold_signals() (which blocks only the main thread) and a
+        finished job would report failure: a helper thread must block every stopping signal."""
+        import threading
+        started, release, ids = threading.Event(), threading.Event(), []
+
+        def helper():
+            ids.append(threading.get_native_id())
+            started.set()
+            release.wait(10)
+        thread = self.vt.start_thread(helper)
+        self.assertTrue(started.wait(10))
+        with open("/proc/self/task/%d/status" % ids[0]) as status:
+            blocked = int(re.search(r"SigBlk:\s*([0-9a-f]+)", status.read()).group(1), 16)
+        release.set()
+        thread.join(10)
+        for signum in self.vt.STOPPING_SIGNALS:
+            self.assertTrue(blocked & 1 << (signum - 1),
+                            "%s reaches a helper thread" % signal.Signals(signum).name)
 
 
 if __name__ == "__main__":
