@@ -80,6 +80,20 @@ class PathThroughLinkTest(EdgeCase):
         self.assertOk(support.run_tool("optimize", "-f", src, "s/../out.vma", cwd=work))
         self.assertEqual(self.read(self.path("w", "out.vma")), b"precious")
 
+    def test_unpack_removes_the_directory_it_created_for_dot_names(self):
+        cut = self.put("cut.vma", small_archive()[:-100000])
+        for dst in ("new/.", "new/sub/..", "new/sub/."):
+            support.assert_clean_error(self, support.run_tool("unpack", cut, dst, cwd=self.tmp), code=1)
+            self.assertEqual(sorted(os.listdir(self.tmp)), ["cut.vma"], dst)
+
+    def test_dst_that_is_a_loop_of_links_is_replaced_only_with_force(self):
+        src = self.put("a.vma", small_archive())
+        os.symlink("loop.vma", self.path("loop.vma"))
+        support.assert_clean_error(self, support.run_tool("optimize", src, self.path("loop.vma")), "exists",
+                                   code=3)
+        self.assertOk(support.run_tool("optimize", "-f", src, self.path("loop.vma")))
+        self.assertEqual(self.read(self.path("loop.vma")), canonical())
+
     def test_unpack_creates_and_removes_directories_where_the_kernel_finds_them(self):
         work = self.link_through()
         src = self.put("a.vma", small_archive())
@@ -249,6 +263,28 @@ class StoppingSignalTest(EdgeCase):
             support.assert_clean_error(self, r, "terminated by SIGHUP", code=128 + signal.SIGHUP)
             self.assertEqual(sorted(os.listdir(self.tmp)), ["a.vma"], args)
 
+    def test_a_signal_ignored_at_start_stays_ignored(self):
+        """nohup (or trap '' HUP) must still protect a long run over ssh."""
+        src = self.put("a.vma", small_archive())
+        r = subprocess.run(support.tool_argv() + ["optimize", src, self.path("o.vma")], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=60,
+                           env=dict(os.environ, VMA_TOOL_FAULT="data-written:HUP"),
+                           preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+        self.assertOk(r)
+        self.assertEqual(self.read(self.path("o.vma")), canonical())
+
+    def test_signals_held_for_one_file_do_not_shield_the_next(self):
+        """optimize --in-place a b: once a is renamed, Ctrl-C waits until a is reported; during b it
+        stops the run as usual, b untouched."""
+        first, second = self.put("a.vma", small_archive()), self.put("b.vma", small_archive())
+        r = support.run_tool("optimize", "--in-place", first, second,
+                             env={"VMA_TOOL_FAULT": "output-created@2:INT"})
+        support.assert_clean_error(self, r, "interrupted", code=130)
+        self.assertEqual(self.read(first), canonical())
+        self.assertIn(b"a.vma: optimized", r.stdout)
+        self.assertEqual(self.read(second), small_archive())
+        self.assertEqual(sorted(os.listdir(self.tmp)), ["a.vma", "b.vma"])
+
     def test_file_size_limit_is_an_error_not_a_kill(self):
         src = self.put("a.vma", small_archive())
 
@@ -290,6 +326,8 @@ class ArgumentLimitTest(EdgeCase):
         self.assertOk(support.run_tool("optimize", src, "-f", self.path("o.vma")))
         self.assertEqual(self.read(self.path("o.vma")), canonical())
         self.assertOk(support.run_tool("verify", src, "-q", self.path("o.vma")))
+        self.put("-dash.vma", small_archive())
+        self.assertOk(support.run_tool("verify", "a.vma", "-q", "--", "-dash.vma", cwd=self.tmp))
         support.assert_clean_error(self, support.run_tool("optimize", src, "--bogus", self.path("x.vma")),
                                    "unrecognized arguments", code=2)
 
