@@ -30,11 +30,20 @@ import importlib.machinery
 import importlib.util
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
 import unittest
+
+# vma-tool keeps a signal ignored that it inherits ignored (nohup, a background job's SIGINT).  The
+# tests send it these signals and expect its own reaction, so a suite started that way (`nohup make
+# test`, `make test &` in a script) must not hand the ignoring on to every vma-tool it runs.
+for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+                signal.SIGALRM):
+    if signal.getsignal(_signum) == signal.SIG_IGN:
+        signal.signal(_signum, signal.default_int_handler if _signum == signal.SIGINT else signal.SIG_DFL)
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS_DIR)
