@@ -1,11 +1,16 @@
-"""Edges an adversarial review found (2026-11-29), each a promise of the README:
+"""Edges that adversarial reviews and a mutation check found (2026-11-29), each a promise of the README:
 
 * a path through a symbolic link and '..' names the file the kernel finds, never a neighbour;
 * an output that is not a regular file (/dev/null, a FIFO, a link to one, a directory) is never
   replaced by a rename, with or without --force;
-* pack never leaves a disk out silently and never overwrites its own inputs;
-* every stopping signal (SIGHUP of a dropped ssh session too) removes the temporary files;
-* arguments and settings out of range give one error line, never a traceback.
+* archives and images on block devices are read; pack never leaves a disk out silently and never
+  overwrites its own inputs;
+* every stopping signal (SIGHUP of a dropped ssh session too) removes the temporary files, a signal
+  ignored at start (nohup) stays ignored, helper threads never take one;
+* arguments and settings out of range give one error line, never a traceback; a full stdout fails
+  the run once; JSON gives one object per file;
+* white-box: install() without --force never replaces, commit() syncs the file, renames, syncs the
+  directory.
 """
 
 import gzip
