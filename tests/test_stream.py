@@ -148,9 +148,11 @@ class FailedStreamTest(support.ScratchCase):
             r = stream("optimize", "-", "-", data=data, env={"VMA_TOOL_FAULT": "data-written@%d:INT" % count})
             support.assert_clean_error(self, r, "interrupted", code=130)
             out = r.stdout
+            # without the mark: what a full pipe ends with (the mark is written only if the pipe has
+            # room at that moment; here the reader is fast, but not always fast enough)
             mark = out.rfind(b"\nvma-tool: INCOMPLETE ARCHIVE")
-            self.assertGreater(mark, 0, "no mark at all")
-            sent = out[:mark]                   # what a full pipe would have ended with
+            sent = out[:mark] if mark >= 0 else out
+            self.assertGreater(len(sent), 0)
             boundaries = {vf.header_size(sent)} | {extent.end for extent in vf.walk_extents(sent)}
             self.assertNotIn(len(sent), boundaries, "write %d: the stream stops on an extent boundary" % count)
 
