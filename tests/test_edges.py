@@ -414,8 +414,8 @@ class ReportTest(EdgeCase):
         r = support.run_tool("info", "--json", cut, good)
         self.assertEqual(r.returncode, 1)
         reports = json.loads(r.stdout)
-        self.assertEqual([(o["file"], o.get("exit_status"), "error" in o) for o in reports],
-                         [(cut, 1, True), (good, None, False)])
+        self.assertEqual([(o["file"], o["result"], o["exit_status"], "error" in o) for o in reports],
+                         [(cut, "invalid", 1, True), (good, "ok", 0, False)])
         r = support.run_tool("optimize", "--json", "--in-place", good, good)
         self.assertOk(r)
         self.assertEqual([(o["result"], o["exit_status"]) for o in map(json.loads, r.stdout.splitlines())],

@@ -232,11 +232,11 @@ class JsonResultTest(support.ScratchCase):
         self.assertEqual(r.returncode, 1)
         objects = [json.loads(line) for line in r.stdout.decode().splitlines()]
         self.assertEqual([(o["file"], o["result"], o["exit_status"]) for o in objects],
-                         [(a, "ok", 0), (bad, "error", 1)])
+                         [(a, "ok", 0), (bad, "invalid", 1)])
         r = support.run_tool("optimize", "--json", "--in-place", a, a, bad)
         self.assertEqual(r.returncode, 1)
         objects = [json.loads(line) for line in r.stdout.decode().splitlines()]
-        self.assertEqual([o["result"] for o in objects], ["optimized", "already canonical", "error"])
+        self.assertEqual([o["result"] for o in objects], ["optimized", "already canonical", "invalid"])
         self.assertEqual(objects[0]["bytes_after"], os.path.getsize(a))
         r = support.run_tool("optimize", "--json", a, "-")
         support.assert_clean_error(self, r, "--json", code=2)

@@ -1,0 +1,180 @@
+"""What a production host and its scripts rely on (issue 18): a stream that a failed vma-tool run
+marked INCOMPLETE is named as such by every reader, one vocabulary of --json results, a plain
+refusal of Python older than 3.9, and the smaller papercuts (quoted paths, -q before the
+command, a result line for optimize SRC DST, refused empty -u values)."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import unittest
+
+import support
+import vmafixture as vf
+
+CLUSTER = 65536
+MARK = b"\nvma-tool: INCOMPLETE ARCHIVE, writing failed here: do not restore\n"     # vma-tool's INCOMPLETE_MARK
+FAILED_RUN = "written by a vma-tool run that failed"
+
+
+def optimized_archive():
+    """A canonical archive with several data extents (so that the mark can fall anywhere)."""
+    def make():
+        vm = vf.make_vm(1801, devices=[("drive-scsi0", 40 * CLUSTER), ("drive-efidisk0", 3 * 4096)], fill=0.9)
+        return bytes(vf.canonical_archive(vm))
+    return support.cached("production-archive", make)
+
+
+def mark_positions(data):
+    """Where a failed stream's bytes may stop so that the mark lands in every kind of place:
+    inside a header, filling a header exactly, across a header and its data, inside data,
+    filling the last read data exactly (the input then ends on an extent boundary)."""
+    extent = [e for e in vf.walk_extents(data) if e.block_count][1]
+    header, data_start, end = extent.offset, extent.data_offset, extent.end
+    return {"inside a header": header + 100, "filling a header": data_start - len(MARK),
+            "across header and data": data_start - 30, "inside data": data_start + 5000,
+            "filling the data": end - len(MARK), "across data and next header": end - 30}
+
+
+class IncompleteMarkTest(support.ScratchCase):
+    """Sink.abort ends a failed stream with INCOMPLETE_MARK; verify, info and unpack must say that the
+    archive is the output of a failed run, wherever the mark falls, from a file and from a pipe."""
+
+    def check_named(self, r):
+        support.assert_clean_error(self, r, FAILED_RUN, code=1)
+        self.assertNotIn(b"truncated", r.stderr)
+
+    def test_every_position_from_a_file_and_a_pipe(self):
+        data = optimized_archive()
+        for where, stop in mark_positions(data).items():
+            with self.subTest(where=where):
+                cut = self.put("cut.vma", data[:stop] + MARK)
+                self.check_named(support.run_tool("verify", cut))
+                self.check_named(support.run_tool("verify", "-", input=data[:stop] + MARK))
+                self.check_named(support.run_tool("info", cut))
+
+    def test_unpack_and_info_json(self):
+        data = optimized_archive()
+        for where in ("inside data", "filling the data"):
+            stop = mark_positions(data)[where]
+            cut = self.put("cut.vma", data[:stop] + MARK)
+            r = support.run_tool("unpack", "-", self.path("out"), input=data[:stop] + MARK)
+            self.check_named(r)
+            self.assertFalse(os.path.exists(self.path("out")))
+            self.check_named(support.run_tool("unpack", cut, self.path("out")))
+            r = support.run_tool("info", "--json", cut)
+            report = json.loads(r.stdout)
+            self.assertEqual((report["result"], report["exit_status"]), ("invalid", 1))
+            self.assertIn(FAILED_RUN, report["error"])
+
+    def test_a_real_failed_stream(self):
+        """What `optimize - -` stopped by Ctrl-C midway really writes."""
+        vm = vf.make_vm(1802, devices=[("drive-scsi0", 120 * CLUSTER)], fill=0.9)
+        data = bytes(vf.write_archive(vm, None, seed=3))
+        r = support.run_tool("optimize", "-", "-", input=data, env={"VMA_TOOL_FAULT": "data-written:INT"})
+        support.assert_clean_error(self, r, "interrupted", code=130)
+        if not r.stdout.endswith(MARK):
+            self.skipTest("the pipe had no room for the mark this time")
+        self.check_named(support.run_tool("verify", "-", input=r.stdout))
+
+    def test_a_plain_cut_is_still_truncated(self):
+        data = optimized_archive()
+        stop = mark_positions(data)["inside data"]
+        r = support.run_tool("verify", "-", input=data[:stop])
+        support.assert_clean_error(self, r, "truncated", code=1)
+        self.assertNotIn(FAILED_RUN.encode(), r.stderr)
+
+
+class JsonVocabularyTest(support.ScratchCase):
+    """One set of result words for every command: ok, optimized, already canonical, invalid (any
+    archive defect, exit 1), error (environment or command line, exit 2 or 3)."""
+
+    def test_archive_defects_are_invalid_for_every_command(self):
+        data = bytearray(optimized_archive())
+        bad_header = bytearray(data)
+        bad_header[100] ^= 1                           # the header's checksum fails
+        bad_extent = bytearray(data)
+        bad_extent[vf.walk_extents(data)[0].offset + 100] ^= 1     # an extent header's checksum fails
+        files = {"bad header": self.put("h.vma", bytes(bad_header)),
+                 "bad extent": self.put("e.vma", bytes(bad_extent)),
+                 "truncated": self.put("t.vma", bytes(data[:-5000])),
+                 "not an archive": self.put("n.vma", b"hello\n")}
+        for what, path in files.items():
+            for command in (["verify", "--json"], ["info", "--json"], ["optimize", "--json", "--in-place"]):
+                with self.subTest(what=what, command=command[0]):
+                    r = support.run_tool(*command, path)
+                    self.assertEqual(r.returncode, 1)
+                    [result] = [json.loads(r.stdout)] if command[0] == "info" else \
+                        [json.loads(line) for line in r.stdout.decode().splitlines()]
+                    self.assertEqual((result["file"], result["result"], result["exit_status"]), (path, "invalid", 1))
+                    self.assertTrue(result["error"])
+                    self.assertIn(result["error"], r.stderr.decode())
+                    self.assertEqual(result["problems"][0], result["error"])
+
+    def test_environment_problems_are_errors(self):
+        missing = self.path("missing.vma")
+        for command in (["verify", "--json"], ["info", "--json"], ["optimize", "--json", "--in-place"]):
+            with self.subTest(command=command[0]):
+                r = support.run_tool(*command, missing)
+                self.assertEqual(r.returncode, 3)
+                out = json.loads(r.stdout) if command[0] == "info" else json.loads(r.stdout.decode().splitlines()[0])
+                self.assertEqual((out["result"], out["exit_status"]), ("error", 3))
+                self.assertNotIn("problems", out)
+
+    def test_successes(self):
+        good = self.put("good.vma", optimized_archive())
+        r = support.run_tool("info", "--json", good)
+        self.assertOk(r)
+        self.assertEqual((json.loads(r.stdout)["result"], json.loads(r.stdout)["exit_status"]), ("ok", 0))
+        r = support.run_tool("verify", "--json", good)
+        self.assertEqual(json.loads(r.stdout)["result"], "ok")
+        r = support.run_tool("optimize", "--json", good)
+        self.assertEqual(json.loads(r.stdout)["result"], "already canonical")
+
+
+def old_pythons():
+    """Interpreters older than 3.9 found on PATH or under pyenv (Proxmox VE 6 ships 3.7)."""
+    found = []
+    candidates = ["python3.%d" % minor for minor in range(5, 9)]
+    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.[5-8].*/bin/python3")))
+    for candidate in candidates:
+        try:
+            r = subprocess.run([candidate, "-c", "import sys; print(sys.version_info[:2] < (3, 9))"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=30)
+        except OSError:
+            continue
+        if r.returncode == 0 and r.stdout.strip() == b"True":
+            found.append(candidate)
+    return found
+
+
+class PythonVersionTest(support.ScratchCase):
+    """Before anything else runs: one line naming the version needed, exit 3."""
+
+    def check_refusal(self, r):
+        support.assert_clean_error(self, r, "python 3.9 or newer is needed", code=3)
+        self.assertEqual(r.stdout, b"")
+
+    def test_version_check_runs_first(self):
+        # The current interpreter, told it is 3.8: the check must come before anything 3.9 needs.
+        code = ("import sys; sys.version_info = (3, 8, 10, 'final', 0); sys.argv = ['vma-tool', 'verify', '-'];"
+                "exec(compile(open(%r).read(), 'vma-tool', 'exec'), {'__name__': '__main__'})" % support.TOOL)
+        r = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           stdin=subprocess.DEVNULL, timeout=60)
+        self.check_refusal(r)
+
+    def test_real_old_interpreters(self):
+        pythons = old_pythons()
+        if not pythons:
+            self.skipTest("no Python older than 3.9 here")
+        for python in pythons:
+            with self.subTest(python=python):
+                for argv in (["--version"], ["verify", self.put("x.vma", b"x")], ["backup-end", "snapshot", "100"]):
+                    self.check_refusal(subprocess.run([python, support.TOOL] + argv, stdout=subprocess.PIPE,
+                                                      stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                                      timeout=60))
+
+
+if __name__ == "__main__":
+    unittest.main()
