@@ -6,6 +6,7 @@ command, a result line for optimize SRC DST, refused empty -u values)."""
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import unittest
@@ -174,6 +175,97 @@ class PythonVersionTest(support.ScratchCase):
                     self.check_refusal(subprocess.run([python, support.TOOL] + argv, stdout=subprocess.PIPE,
                                                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                                       timeout=60))
+
+
+
+def run_on_terminal(*args):
+    """Run vma-tool with stderr on a pseudo-terminal (progress is shown only there); returns
+    (exit status, what the terminal got)."""
+    master, slave = os.openpty()
+    try:
+        process = subprocess.Popen([sys.executable, support.TOOL] + list(args), stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=slave)
+    finally:
+        os.close(slave)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:                 # EIO: the other side is closed
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(master)
+    return process.wait(timeout=60), screen.decode(errors="replace")
+
+
+class PapercutTest(support.ScratchCase):
+
+    def test_progress_of_a_compressed_file_is_a_share_of_the_file(self):
+        if not shutil.which("zstd"):
+            self.skipTest("zstd is not installed")
+        plain = self.put("x.vma", optimized_archive())
+        subprocess.run(["zstd", "-q", plain], check=True)
+        size = os.path.getsize(plain + ".zst")
+        status, screen = run_on_terminal("verify", plain + ".zst")
+        self.assertEqual(status, 0, screen)
+        self.assertRegex(screen, r"verify +\d+% [\d.]+ [KM]iB of [\d.]+ [KM]iB compressed")
+        self.assertIn("of %s compressed" % support.load_tool_module().human(size), screen)
+        status, screen = run_on_terminal("verify", plain)        # a plain file: a share of the archive
+        self.assertRegex(screen, r"verify +\d+% ")
+        self.assertNotIn("compressed", screen)
+
+    def test_quiet_before_the_command(self):
+        plain = self.put("x.vma", optimized_archive())
+        for argv in (["-q", "verify", plain], ["verify", "-q", plain], ["--quiet", "optimize", plain]):
+            with self.subTest(argv=argv):
+                r = support.run_tool(*argv)
+                self.assertOk(r)
+                self.assertEqual((r.stdout, r.stderr), (b"", b""))
+        status, screen = run_on_terminal("-q", "verify", plain)
+        self.assertEqual((status, screen), (0, ""))
+
+    def test_optimize_src_dst_prints_a_result_line(self):
+        vm = vf.make_vm(1803, devices=[("drive-scsi0", 20 * CLUSTER)])
+        data = bytes(vf.write_archive(vm, None, seed=1))
+        src = self.put("a b.vma", data)
+        dst = self.path("c.vma")
+        r = support.run_tool("optimize", src, dst)
+        self.assertOk(r)
+        self.assertEqual(r.stdout.decode(), "%s -> %s: optimized (%d bytes -> %d bytes)\n"
+                         % (src, dst, len(data), os.path.getsize(dst)))
+        r = support.run_tool("optimize", "-f", "-", dst, input=data)
+        self.assertEqual(r.stdout.decode(), "<stdin> -> %s: optimized (%d bytes)\n" % (dst, os.path.getsize(dst)))
+        r = support.run_tool("optimize", "-q", "-f", src, dst)
+        self.assertEqual(r.stdout, b"")
+        r = support.run_tool("optimize", src, "-")
+        self.assertEqual(r.stdout, open(dst, "rb").read())       # nothing but the archive on stdout
+
+    def test_empty_update_value_is_refused(self):
+        src = self.put("a.vma", optimized_archive())
+        for value in ("name=", "name=  "):
+            r = support.run_tool("optimize", "-u", value, src, self.path("b.vma"))
+            support.assert_clean_error(self, r, "-u " + value, "empty", code=2)
+            self.assertFalse(os.path.exists(self.path("b.vma")))
+
+    def test_unpack_errors_name_dir_and_file(self):
+        """A full disk while unpack writes an image names DIR/disk-....raw, not the bare file name."""
+        if os.geteuid() != 0:
+            self.skipTest("mounting a small tmpfs needs root")
+        small = self.path("small")
+        os.mkdir(small)
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", small],
+                          stderr=subprocess.DEVNULL).returncode:
+            self.skipTest("cannot mount a tmpfs here")
+        try:
+            src = self.put("a.vma", optimized_archive())
+            out = os.path.join(small, "out")
+            r = support.run_tool("unpack", src, out)
+            support.assert_clean_error(self, r, "cannot write %s/disk-drive-scsi0.raw" % out, "no space", code=3)
+            self.assertEqual(os.listdir(small), [])
+        finally:
+            subprocess.run(["umount", small])
 
 
 if __name__ == "__main__":
