@@ -717,9 +717,9 @@ class UnpackWriteErrorTests(UnpackCase):
         data = memoryview(bytearray(b"\x5a" * CLUSTER))
         with self.assertRaises(tool.EnvironmentProblem) as caught:
             images = tool.ImageFiles()
-            images.add(fd, device)
+            images.add(fd, device, "out/disk-drive-scsi0.raw")
             images.add_extent(extent, data)
-        self.assertIn("disk-drive-scsi0.raw", str(caught.exception))
+        self.assertIn("out/disk-drive-scsi0.raw", str(caught.exception))
 
 
 class UnpackSparseTests(UnpackCase):
