@@ -9,6 +9,7 @@ import gzip
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -201,6 +202,11 @@ class HookPlanningTest(support.ScratchCase):
                                    " available", code=3)
         self.assertEqual(os.listdir(dumpdir), [self.NAME])
         self.assertEqual(self.read(path), self.archive())
+        r = fake_vzdump("backup-end", path, dumpdir=dumpdir, config=self.conf("on_error = warn\n"))
+        self.assertEqual((r.returncode, r.stdout), (0, b""))
+        self.assertRegex(r.stderr.decode(), r"\Avma-tool: warning: %s: needs [0-9.]+ MiB free in %s for the "
+                         r"optimized copy, [0-9.]+ MiB available; the archive is left as vzdump wrote it\n\Z"
+                         % (re.escape(self.NAME), re.escape(dumpdir)))
 
     def test_plain_refuses_without_room_for_the_compressed_size(self):
         dumpdir = self.small_fs("dump", 2 << 20)
