@@ -1,4 +1,6 @@
-"""vma-tool as vzdump's hook script, and the backup-tool pipelines of the README (issue 11).
+"""vma-tool as vzdump's hook script, and the backup-tool pipelines of the README (issue 11); the
+hook's planning (issue 18: room checked first, scratch next to the archive, messages naming the
+settings, on_error; the small file systems are tmpfs mounts, so those tests need root).
 
 FakeVzdump calls vma-tool the way pve-manager's PVE/VZDump.pm run_hook_script does: argv
 [SCRIPT, PHASE] plus [MODE, VMID] for guest phases, an environment holding only STOREID,
