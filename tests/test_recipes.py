@@ -146,7 +146,8 @@ class ResticRecipeTest(RecipeCase):
         super().setUp()
         self.env.update(RESTIC_REPOSITORY=self.path("repo"), RESTIC_PASSWORD="test",
                         RESTIC_CACHE_DIR=self.path("cache"))
-        self.env.pop("RESTIC_PASSWORD_FILE", None)
+        for name in ("RESTIC_PASSWORD_FILE", "RESTIC_PASSWORD_COMMAND"):
+            self.env.pop(name, None)
         self.restic("init")
 
     def restic(self, *args):
@@ -174,6 +175,7 @@ class BorgRecipeTest(RecipeCase):
             self.skipTest("borg older than 1.2 has no --content-from-command")
         self.env.update(BORG_REPO=self.path("repo"), BORG_PASSPHRASE="test", BORG_BASE_DIR=self.path("borg"),
                         REAL_BORG=shutil.which("borg"), BORG_SEEN=self.path("borg-seen"))
+        self.env.pop("BORG_PASSCOMMAND", None)
         self.borg("init", "-e", "none")
 
     def borg(self, *args):
