@@ -1,4 +1,6 @@
-"""vma-tool as vzdump's hook script, and the backup-tool pipelines of the README (issue 11).
+"""vma-tool as vzdump's hook script, and the backup-tool pipelines of the README (issue 11); the
+hook's planning (issue 18: room checked first, scratch next to the archive, messages naming the
+settings, on_error; the small file systems are tmpfs mounts, so those tests need root).
 
 FakeVzdump calls vma-tool the way pve-manager's PVE/VZDump.pm run_hook_script does: argv
 [SCRIPT, PHASE] plus [MODE, VMID] for guest phases, an environment holding only STOREID,
@@ -9,9 +11,11 @@ import gzip
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
+import time
 import unittest
 
 import support
@@ -42,6 +46,12 @@ def fake_vzdump(phase, target=None, vmtype="qemu", dumpdir=None, config=None, ex
     # default path), so run it directly, not through sys.executable.
     return subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, cwd="/", timeout=120, close_fds=True)
+
+
+def process_state(pid):
+    """R, S, T (stopped), ... from /proc/PID/stat."""
+    with open("/proc/%d/stat" % pid) as handle:
+        return handle.read().rsplit(")", 1)[1].split()[0]
 
 
 class HookTest(support.ScratchCase):
@@ -153,6 +163,125 @@ class HookTest(support.ScratchCase):
             with self.subTest(target=name):
                 r = fake_vzdump("backup-end", os.path.join(self.tmp, name))
                 self.assertEqual((r.returncode, r.stdout, r.stderr), (0, b"", b""))
+
+
+class HookPlanningTest(support.ScratchCase):
+    """The hook plans before it writes (issue 18): room for the copy checked first, scratch next to
+    the archive, messages that name the settings file, and on_error = warn."""
+
+    NAME = "vzdump-qemu-100-2026_11_29-01_00_00.vma"
+
+    @classmethod
+    def archive(cls, order="proxmox"):
+        """A VM whose devices arrive in ascending order (order="sequential") keeps all of its
+        second device waiting: with memory = 0 that is scratch, about 1 MiB."""
+        def make():
+            vm = vf.make_vm(5511, devices=[("drive-scsi0", 16 * CLUSTER), ("drive-scsi1", 16 * CLUSTER)], fill=0.9)
+            return bytes(vf.write_archive(vm, None, seed=4, order=order))
+        return support.cached(("hook-planning", order), make)
+
+    def small_fs(self, name, size):
+        """A tmpfs of size bytes at name (root only: the test skips otherwise)."""
+        if os.geteuid() != 0 or shutil.which("mount") is None:
+            self.skipTest("needs root to mount a small file system")
+        path = self.path(name)
+        os.mkdir(path)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%d" % size, "tmpfs", path],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if r.returncode:
+            self.skipTest("cannot mount a tmpfs: %s" % r.stderr.decode().strip())
+        self.addCleanup(subprocess.run, ["umount", "-l", path])
+        return path
+
+    def conf(self, text):
+        return self.put("vma-tool.conf", text.encode())
+
+    def test_refuses_before_work_without_room_for_the_copy(self):
+        dumpdir = self.small_fs("dump", 4 << 20)
+        path = self.put(os.path.join("dump", self.NAME), self.archive())
+        r = fake_vzdump("backup-end", path, dumpdir=dumpdir)
+        support.assert_clean_error(self, r, self.NAME + ": needs ", " free in %s for the optimized copy, " % dumpdir,
+                                   " available", code=3)
+        self.assertEqual(os.listdir(dumpdir), [self.NAME])
+        self.assertEqual(self.read(path), self.archive())
+        r = fake_vzdump("backup-end", path, dumpdir=dumpdir, config=self.conf("on_error = warn\n"))
+        self.assertEqual((r.returncode, r.stdout), (0, b""))
+        self.assertRegex(r.stderr.decode(), r"\Avma-tool: warning: %s: needs [0-9.]+ MiB free in %s for the "
+                         r"optimized copy, [0-9.]+ MiB available; the archive is left as vzdump wrote it\n\Z"
+                         % (re.escape(self.NAME), re.escape(dumpdir)))
+
+    def test_plain_refuses_without_room_for_the_compressed_size(self):
+        dumpdir = self.small_fs("dump", 2 << 20)
+        data = gzip.compress(self.archive(), 1)
+        path = self.put(os.path.join("dump", self.NAME + ".gz"), data)
+        self.put(os.path.join("dump", "filler"), b"\1" * ((2 << 20) - len(data) - (64 << 10)))
+        r = fake_vzdump("backup-end", path, dumpdir=dumpdir, config=self.conf("compressed = plain\n"))
+        support.assert_clean_error(self, r, "needs at least ", "for the uncompressed copy", "available", code=3)
+        self.assertEqual(sorted(os.listdir(dumpdir)), ["filler", self.NAME + ".gz"])
+        self.assertEqual(self.read(path), data)
+
+    def anonymous_file_directories(self, extra_env, config):
+        """The directories of the anonymous (unlinked) files a hook run on a compressed archive
+        has open when it has just made its scratch file (stopped there): the scratch's, and the
+        output's if that is unnamed too."""
+        path = self.put(self.NAME + ".gz", gzip.compress(self.archive("sequential"), 1))
+        env = {"STOREID": "local", "DUMPDIR": self.tmp, "VMTYPE": "qemu", "HOSTNAME": "pve1", "TARGET": path,
+               "VMA_TOOL_CONFIG": config, "VMA_TOOL_FAULT": "scratch-created:STOP"}
+        env.update(extra_env)
+        process = subprocess.Popen([support.TOOL, "backup-end", "snapshot", "100"], env=env, cwd="/",
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            while process_state(process.pid) != "T":
+                self.assertIsNone(process.poll(), "the run ended before it made a scratch file")
+                time.sleep(0.01)
+            fd_dir = "/proc/%d/fd" % process.pid
+            links = [os.readlink(os.path.join(fd_dir, fd)) for fd in os.listdir(fd_dir)]
+            return {os.path.dirname(link) for link in links if link.endswith(" (deleted)")}
+        finally:
+            process.kill()
+            process.communicate()
+
+    def test_scratch_next_to_the_archive(self):
+        """Not in $TMPDIR (vzdump passes none: /tmp), unless tmpdir = says so."""
+        os.mkdir(self.path("tmp"))
+        os.mkdir(self.path("scratch"))
+        memory_0 = self.conf("memory = 0\n")
+        self.assertEqual(self.anonymous_file_directories({"TMPDIR": self.path("tmp")}, memory_0), {self.tmp})
+        conf = self.conf("memory = 0\ntmpdir = %s\n" % self.path("scratch"))
+        self.assertIn(self.path("scratch"), self.anonymous_file_directories({"TMPDIR": self.path("tmp")}, conf))
+
+    def test_full_scratch_names_the_settings(self):
+        scratch = self.small_fs("scratch", 256 << 10)
+        path = self.put(self.NAME + ".gz", gzip.compress(self.archive("sequential"), 1))
+        conf = self.conf("memory = 0\ntmpdir = %s\n" % scratch)
+        r = fake_vzdump("backup-end", path, config=conf)
+        support.assert_clean_error(self, r, "scratch file in %s" % scratch,
+                                   "(set tmpdir = dir (a place with more room) or a larger memory = size in %s)"
+                                   % conf.lower(), code=3)
+        self.assertNotIn(b"--tmpdir", r.stderr)
+
+    def test_on_error_warn_leaves_the_archive_and_exits_0(self):
+        cut = self.archive()[:-CLUSTER]
+        path = self.put(self.NAME, cut)
+        r = fake_vzdump("backup-end", path, config=self.conf("on_error = warn\n"))
+        self.assertEqual((r.returncode, r.stdout), (0, b""), r.stderr)
+        lines = r.stderr.decode().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertTrue(lines[0].startswith("vma-tool: warning: %s: " % self.NAME), lines[0])
+        self.assertIn("truncated", lines[0])
+        self.assertNotIn(path, lines[0])
+        self.assertTrue(lines[0].endswith("; the archive is left as vzdump wrote it"), lines[0])
+        self.assertEqual(self.read(path), cut)
+        self.assertEqual(sorted(os.listdir(self.tmp)), sorted([self.NAME, "vma-tool.conf"]))
+
+    def test_on_error_fail_and_bad_value(self):
+        cut = self.archive()[:-CLUSTER]
+        path = self.put(self.NAME, cut)
+        r = fake_vzdump("backup-end", path, config=self.conf("on_error = fail\n"))
+        support.assert_clean_error(self, r, "truncated", code=1)
+        r = fake_vzdump("backup-end", path, config=self.conf("on_error = ignore\n"))
+        support.assert_clean_error(self, r, "on_error", code=2)
+        self.assertEqual(self.read(path), cut)
 
 
 @unittest.skipIf(shutil.which("restic") is None, "restic not installed")
