@@ -109,6 +109,27 @@ vzdump marks that guest's backup as failed, and the archive stays as vzdump wrot
 Settings are read from \fI/etc/vma\-tool.conf\fR (see \fBFILES\fR).
 """
 
+OUTPUTS_SECTION = r"""
+.SH OUTPUTS AND SAFETY
+An existing output is refused unless \fB\-\-force\fR; a directory DST means DST/<name>, like
+.BR cp (1);
+archive bytes go to a terminal only with \fB\-\-force\fR.
+An output file takes its name only once complete and fsync'ed; on an error, Ctrl\-C, SIGTERM or
+SIGHUP no partial output is left and the original is untouched.
+.PP
+In place, a symbolic link stays a link and its target is replaced; a file with several hard links
+is refused unless \fB\-\-force\fR; permissions, owner and compression are kept, the compressor
+run with explicit levels so that \fBZSTD_CLEVEL\fR, \fBGZIP\fR and the like do not change the bytes.
+.PP
+To standard output, bytes already sent cannot be taken back: a stream that fails midway ends with a
+line \fBvma\-tool: INCOMPLETE ARCHIVE\fR that every VMA reader refuses, and the exit status is
+non\-zero.
+\fBcat\fR writes a raw image, which has no room for such a mark: only the exit status tells.
+.PP
+\fBunpack\fR gives its files their names only once the archive proved valid and the devices written
+complete; a failed unpack leaves nothing, and removes DIR again if it created it.
+"""
+
 FILES_SECTION = r"""
 .SH FILES
 .TP
@@ -197,7 +218,7 @@ def man_page(tool):
         for action in shown_actions(sub):
             out += [".TP", option_label(action) if action.option_strings else positional_usage(action),
                     roff(expand_help(sub, action))]
-    for section in (HOOK_SECTION, FILES_SECTION, EXIT_SECTION, EXAMPLES_SECTION, SEE_ALSO_SECTION):
+    for section in (OUTPUTS_SECTION, HOOK_SECTION, FILES_SECTION, EXIT_SECTION, EXAMPLES_SECTION, SEE_ALSO_SECTION):
         out.append(section.strip("\n"))
     return "\n".join(out) + "\n"
 
