@@ -18,6 +18,7 @@ Environment: DEMO_SIZE_MIB (the disk, default 384), DEMO_SEED (default 1), VMA_T
 import concurrent.futures
 import hashlib
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -120,7 +121,7 @@ def vma_tool(*arguments):
 
 def make_days(work):
     """{form: (day 1 file, day 2 file)} for every form of the backup."""
-    rng = bench_dedup.random.Random(SEED)
+    rng = random.Random(SEED)
     devices = [("drive-efidisk0", bench_dedup.EFIDISK_SIZE), ("drive-scsi0", DISK_SIZE)]
     disks = {day: [os.path.join(work, "%s-%s.raw" % (day, name)) for name, _ in devices] for day in (1, 2)}
     bench_dedup.efidisk([disks[1][0], disks[2][0]], SEED)
@@ -190,7 +191,7 @@ def main():
             print(line)
         print("\n(x: times what the raw disk images cost.)")
         print(CONCLUSION)
-        if not restic:
+        if not shutil.which("restic"):
             print("(restic is not installed: only the chunk model ran.)")
         if "proxmox zst" not in forms:
             print("(zstd is not installed: the .vma.zst forms were left out.)")
@@ -214,15 +215,16 @@ def stored_text(stored, form):
 CONCLUSION = """\
 Proxmox gives every archive a new uuid, repeated in every extent header, and writes the clusters
 in a new order each time: day 2's archive shares almost no chunk with day 1's. Optimized, both
-days hold every unchanged cluster at its place, and cost about what the raw disks cost. A
-.vma.zst hides most of that from the chunker: into a backup tool that compresses by itself, keep
-the optimized archives uncompressed (the vzdump hook's `compressed = plain`).
+days hold every unchanged cluster at its place: day 2 costs near what the raw disks cost, a
+fraction of what the archives as Proxmox writes them cost. A .vma.zst hides most of that from the
+chunker: into a backup tool that compresses by itself, keep the optimized archives uncompressed
+(the vzdump hook's `compressed = plain`).
 
 On a disk this small a few hundred changed spots decide the figures, and where the chunker's cuts
-fall after each change moves them: other days (DEMO_SEED=2, 3, ...; at 384 MiB seeds 1 to 11 gave
-the optimized archives 0.7 to 2.9 x the raw disks, the median 1.3 x). Measured on 2 GiB disks with restic,
-borg and rdiff (make bench-dedup, tests/BENCHMARKS.md): optimized 0.67 to 0.97 x the raw disks,
-as Proxmox writes them 1.35 to 16.6 x.
+fall after each change moves them: other days (DEMO_SEED=2, 3, ...) give other figures; at 384 MiB
+seeds 1 to 11 gave the optimized archives 0.7 to 2.9 x the raw disks, the median 1.3 x. Measured
+on 2 GiB disks with restic, borg and rdiff (make bench-dedup, tests/BENCHMARKS.md): optimized
+0.67 to 0.97 x the raw disks, as Proxmox writes them 1.35 to 16.6 x.
 """
 
 
