@@ -1,11 +1,19 @@
-# vma-tool: nothing to build; these targets run the tests, the demo and the benchmarks.
+# vma-tool: nothing to build; these targets run the tests, the demo and the benchmarks,
+# regenerate the man page, install, and build a Debian package.
 PYTHON ?= python3
 PREFIX ?= /usr/local
 DESTDIR ?=
+SYSCONFDIR ?= /etc
+BINDIR = $(PREFIX)/bin
+MANDIR = $(PREFIX)/share/man/man1
+COMPLETIONDIR = $(PREFIX)/share/bash-completion/completions
+DEBDIR ?= .
+DEB_MAINTAINER ?= vma-tool developers <root@localhost>
+VERSION = $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' vma-tool)
 N ?= 2000
 COVERAGE_DIR ?= coverage
 
-.PHONY: test coverage demo bench bench-dedup fuzz install uninstall
+.PHONY: test coverage demo bench bench-dedup fuzz man install uninstall deb
 
 test:
 	$(PYTHON) tests/run.py
@@ -40,11 +48,41 @@ bench-dedup:
 fuzz:
 	$(PYTHON) tests/fuzz.py --cases $(N)
 
+# vma-tool.1 from vma-tool's argparse parser (packaging/make_man.py); run it after changing an
+# option: a test fails while the committed page differs from what the parser gives.
+man:
+	$(PYTHON) packaging/make_man.py vma-tool > vma-tool.1.new
+	mv vma-tool.1.new vma-tool.1
+
+# The tool, its man page, bash completion and /etc/vma-tool.conf (kept when it exists: it holds
+# the admin's settings).
 install:
-	install -d $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 vma-tool $(DESTDIR)$(PREFIX)/bin/vma-tool
-	@echo "installed $(PREFIX)/bin/vma-tool. To optimize every backup, add this line to /etc/vzdump.conf:"
-	@echo "    script: $(PREFIX)/bin/vma-tool"
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR) $(DESTDIR)$(COMPLETIONDIR) $(DESTDIR)$(SYSCONFDIR)
+	install -m 0755 vma-tool $(DESTDIR)$(BINDIR)/vma-tool
+	install -m 0644 vma-tool.1 $(DESTDIR)$(MANDIR)/vma-tool.1
+	install -m 0644 packaging/vma-tool.bash-completion $(DESTDIR)$(COMPLETIONDIR)/vma-tool
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/vma-tool.conf ]; then \
+	    echo "kept $(SYSCONFDIR)/vma-tool.conf"; \
+	else \
+	    install -m 0644 packaging/vma-tool.conf $(DESTDIR)$(SYSCONFDIR)/vma-tool.conf; \
+	fi
+	@echo "installed $(BINDIR)/vma-tool. To optimize every backup, add this line to /etc/vzdump.conf:"
+	@echo "    script: $(BINDIR)/vma-tool"
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/vma-tool
+	rm -f $(DESTDIR)$(BINDIR)/vma-tool $(DESTDIR)$(MANDIR)/vma-tool.1 $(DESTDIR)$(COMPLETIONDIR)/vma-tool
+
+# $(DEBDIR)/vma-tool_<version>_all.deb with dpkg-deb: the files of `make install` under /usr, the
+# man page gzipped and /etc/vma-tool.conf a conffile, as Debian policy has them.
+deb:
+	@command -v dpkg-deb >/dev/null || { echo "make deb: dpkg-deb not found (apt-get install dpkg)"; exit 1; }
+	root=$$(mktemp -d) && trap 'rm -rf "$$root"' EXIT && \
+	$(MAKE) --no-print-directory install DESTDIR="$$root" PREFIX=/usr SYSCONFDIR=/etc >/dev/null && \
+	gzip -9n "$$root/usr/share/man/man1/vma-tool.1" && \
+	install -d "$$root/usr/share/doc/vma-tool" "$$root/DEBIAN" && \
+	install -m 0644 LICENSE "$$root/usr/share/doc/vma-tool/copyright" && \
+	echo /etc/vma-tool.conf > "$$root/DEBIAN/conffiles" && \
+	sed -e 's/@VERSION@/$(VERSION)/' -e "s/@INSTALLED_SIZE@/$$(du -sk --exclude=DEBIAN "$$root" | cut -f1)/" \
+	    -e 's/@MAINTAINER@/$(DEB_MAINTAINER)/' packaging/control.in > "$$root/DEBIAN/control" && \
+	chmod -R u+rwX,go+rX,go-w "$$root" && \
+	dpkg-deb --root-owner-group -Zgzip --build "$$root" "$(DEBDIR)/vma-tool_$(VERSION)_all.deb"
