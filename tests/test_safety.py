@@ -772,7 +772,8 @@ class StaleTempTest(SafetyCase):
     def setUp(self):
         if _pid_alive(999999):
             self.skipTest("pid 999999 is running here")
-        self.stale = ".disk-drive-scsi0.raw.vma-tool-%s-999999-abcdef.tmp" % support.load_tool_module().HOST_TAG
+        self.stale = ".disk-drive-scsi0.raw.vma-tool-%s-999999-abcdef.tmp" % getattr(
+            support.load_tool_module(), "HOST_TAG", os.uname().nodename.split(".")[0])
 
     def test_removed_with_one_notice(self):
         for force in ([], ["--force"]):
