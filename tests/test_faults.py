@@ -22,7 +22,7 @@ write).  The shared assertions:
   and stdout are exactly those of the uninterrupted run.  In place this is the right-after-rename rule:
   once the original is replaced, the tool must not report a failure;
 * SIGKILL: the source is intact, nothing new: outputs are created unnamed (O_TMPFILE) where the file system
-  allows; else (the *_named operations force that way) only the stale temporaries
+  allows (with support.LINK_SHIM where links through /proc fail); else (the *_named operations force that way) only the stale temporaries
   `.NAME.vma-tool-HOST-PID-XXXXXX.tmp` (PID the killed process), and they are harmless: the same command
   run again succeeds, gives the reference result, removes them and says so in one line.
 """
@@ -256,9 +256,10 @@ def _tool_env(root, fault, extra):
 def run_tool(op, root, fault=None, counter=None, drive=None):
     """Run op in the sandbox root (built by the caller) with VMA_TOOL_FAULT=fault.  drive(proc) instead of
     the plain feeding of stdin: it gets the Popen (stdin a pipe) and must end with the tool stopped."""
-    argv = tool_argv() + op.args
+    argv = (support.unnamed_tool_argv() or tool_argv()) + op.args
     if counter:
-        argv = [sys.executable, "-S", "-c", _COUNTER, support.TOOL, counter] + op.args
+        shim = support.LINK_SHIM if support.link_shim_needed() else ""
+        argv = [sys.executable, "-S", "-c", shim + _COUNTER, support.TOOL, counter] + op.args
     stdin_data = fixtures()[op.stdin] if op.stdin else None
     outf = tempfile.TemporaryFile()
     errf = tempfile.TemporaryFile()

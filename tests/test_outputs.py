@@ -9,11 +9,10 @@
   --force then makes the result the user's, and says so.
 
 Where links through /proc/self/fd fail (some sandboxes; the tool then falls back to named temporaries
-by itself), the unnamed way is tested through a shim that names the file with linkat(AT_EMPTY_PATH)
-instead, which needs root.
+by itself), the unnamed way is tested through support.LINK_SHIM, which names the file with
+linkat(AT_EMPTY_PATH) instead (root only).
 """
 
-import ctypes
 import fcntl
 import os
 import shutil
@@ -35,29 +34,6 @@ CLUSTER = 65536
 NOBODY = 65534
 NOTICE = "vma-tool: removed %d stale temporary file%s of interrupted runs from %s"
 
-# Runs vma-tool (argv[1]) with os.link naming an O_TMPFILE file by linkat(fd, "", AT_EMPTY_PATH)
-# instead of through /proc/self/fd (see the module docstring).
-LINK_SHIM = r"""
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-real_link = os.link
-def link(src, dst, *, src_dir_fd=None, dst_dir_fd=None, follow_symlinks=True):
-    if isinstance(src, str) and src.startswith("/proc/self/fd/") and follow_symlinks:
-        if libc.linkat(int(src.rsplit("/", 1)[1]), b"", -100 if dst_dir_fd is None else dst_dir_fd,
-                       os.fsencode(dst), 0x1000) != 0:
-            number = ctypes.get_errno()
-            raise OSError(number, os.strerror(number), dst)
-        return
-    return real_link(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=follow_symlinks)
-os.link = link
-tool = sys.argv[1]
-sys.argv = sys.argv[1:]
-with open(tool, "rb") as f:
-    code = compile(f.read(), tool, "exec")
-exec(code, {"__name__": "__main__", "__file__": tool, "__builtins__": __builtins__})
-"""
-
-
 def _vm():
     return support.cached(("test_outputs", "vm"), lambda: vf.make_vm(
         9181, devices=[("drive-scsi0", 24 * CLUSTER + 4096), ("drive-virtio1", 6 * CLUSTER)]))
@@ -75,30 +51,6 @@ def _pid_alive(pid):
         return False
     except PermissionError:
         return True
-    return True
-
-
-def _links_through_proc(directory):
-    fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o600)
-    try:
-        os.link("/proc/self/fd/%d" % fd, os.path.join(directory, "probe"), follow_symlinks=True)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    os.unlink(os.path.join(directory, "probe"))
-    return True
-
-
-def _links_empty_path(directory):
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o600)
-    try:
-        if libc.linkat(fd, b"", -100, os.fsencode(os.path.join(directory, "probe")), 0x1000) != 0:
-            return False
-    finally:
-        os.close(fd)
-    os.unlink(os.path.join(directory, "probe"))
     return True
 
 
@@ -226,16 +178,10 @@ class KilledRunTest(OutputsCase):
         support.write_unpacked_dir(_vm(), self.path("vm"))
 
     def unnamed_argv(self):
-        if not hasattr(os, "O_TMPFILE"):
-            self.skipTest("no O_TMPFILE here")
-        try:
-            if _links_through_proc(self.tmp):
-                return None
-            if os.geteuid() == 0 and _links_empty_path(self.tmp):
-                return [sys.executable, "-S", "-c", LINK_SHIM, support.TOOL]
-        except OSError:
-            pass
-        self.skipTest("this file system cannot name O_TMPFILE files here")
+        argv = support.unnamed_tool_argv()
+        if argv is None:
+            self.skipTest("this file system cannot name O_TMPFILE files here")
+        return argv
 
     def test_unnamed_outputs_leave_nothing(self):
         argv = self.unnamed_argv()
@@ -244,8 +190,7 @@ class KilledRunTest(OutputsCase):
                 self.fresh()
                 self.prepare()
                 before = support.snapshot(self.path())
-                r = self.run_tool(*args, env={"VMA_TOOL_FAULT": "data-written@1:KILL"},
-                                  argv=argv and argv + [])
+                r = self.run_tool(*args, env={"VMA_TOOL_FAULT": "data-written@1:KILL"}, argv=argv)
                 self.assertEqual(r.returncode, -signal.SIGKILL, self.err(r))
                 after = support.snapshot(self.path())
                 new = sorted(set(after) - set(before))
