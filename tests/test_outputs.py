@@ -28,6 +28,7 @@ if HERE not in sys.path:
 
 import support  # noqa: E402
 import vmafixture as vf  # noqa: E402
+from test_hook import fake_vzdump  # noqa: E402
 
 TIMEOUT = 30
 CLUSTER = 65536
@@ -161,6 +162,23 @@ class StaleTemporariesTest(OutputsCase):
         self.assertEqual(self.listing("d"), ["a.vma"])
 
 
+class HookTest(OutputsCase):
+    """The hook cleans its dump directory like any in-place run (its other output goes to the task log
+    on stdout; the notice on stderr)."""
+
+    def test_hook_removes_stale_temporaries(self):
+        if _pid_alive(999999):
+            self.skipTest("pid 999999 is running here")
+        dump = "vzdump-qemu-100-2026_12_04-01_00_00.vma"
+        self.write("dump/" + dump, _archive())
+        self.write("dump/.%s.vma-tool-%s-999999-0a1b2c.tmp" % (dump, self.host), b"half an archive")
+        r = fake_vzdump("backup-end", self.path("dump", dump), dumpdir=self.path("dump"))
+        self.assertOk(r)
+        self.assertEqual(self.notices(r), [NOTICE % (1, "", self.path("dump"))])
+        self.assertIn(b"optimized", r.stdout)
+        self.assertEqual(self.listing("dump"), [dump])
+
+
 class KilledRunTest(OutputsCase):
     """SIGKILL in the middle of writing (VMA_TOOL_FAULT=data-written@1:KILL): unnamed outputs leave
     nothing; named ones (VMA_TOOL_NO_TMPFILE=1) leave their temporaries, which the next run on that
@@ -240,6 +258,9 @@ class InPlaceLockTest(OutputsCase):
                     self.assertTrue(os.WIFSTOPPED(status), "the first run did not stop while writing")
                     second = self.run_tool("optimize", name)
                     support.assert_clean_error(self, second, name, "being optimized by another vma-tool run",
+                                               code=3)
+                    hook = fake_vzdump("backup-end", self.path(name), dumpdir=self.path())
+                    support.assert_clean_error(self, hook, name, "being optimized by another vma-tool run",
                                                code=3)
                     os.kill(first.pid, signal.SIGCONT)
                     out, err = first.communicate(timeout=TIMEOUT)
