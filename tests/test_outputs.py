@@ -277,13 +277,13 @@ class InPlaceLockTest(OutputsCase):
 class OwnerTest(OutputsCase):
     """In place keeps owner and mode; a user who cannot refuses before any work unless --force."""
 
-    def as_nobody(self, *args):
+    def as_nobody(self, *args, argv=None):
         def drop():
             os.setgroups([])
             os.setgid(NOBODY)
             os.setuid(NOBODY)
         python = shutil.which("python3", path="/usr/bin:/bin") or "python3"
-        return self.run_tool(*args, argv=[python, "-S", support.TOOL], preexec_fn=drop)
+        return self.run_tool(*args, argv=argv or [python, "-S", support.TOOL], preexec_fn=drop)
 
     def setUp(self):
         super().setUp()
@@ -312,6 +312,25 @@ class OwnerTest(OutputsCase):
         info = os.stat(self.path("a.vma"))
         self.assertEqual((info.st_uid, oct(info.st_mode & 0o7777)), (NOBODY, "0o644"))
         self.assertOptimized("a.vma")
+
+    def test_owner_not_given_at_commit_is_an_error(self):
+        """Were the check before the work ever wrong, the commit does not quietly change the owner."""
+        script = ("import importlib.machinery, importlib.util, sys\n"
+                  "loader = importlib.machinery.SourceFileLoader('vma_tool', sys.argv[1])\n"
+                  "tool = importlib.util.module_from_spec(importlib.util.spec_from_loader('vma_tool', loader))\n"
+                  "loader.exec_module(tool)\n"
+                  "outputs = tool.OutputFiles('.', False)\n"
+                  "tool.os.write(outputs.create('x.vma'), b'data')\n"
+                  "try:\n"
+                  "    outputs.commit(0o644, (0, 0))\n"
+                  "except tool.EnvironmentProblem as error:\n"
+                  "    outputs.abort()\n"
+                  "    print(error)\n")
+        python = shutil.which("python3", path="/usr/bin:/bin") or "python3"
+        r = self.as_nobody(support.TOOL, argv=[python, "-S", "-c", script])
+        self.assertOk(r)
+        self.assertIn("cannot give ./x.vma the owner root:root of the original", r.stdout.decode())
+        self.assertEqual(self.listing(), [])
 
     def test_root_keeps_another_users_owner_and_mode(self):
         self.write("a.vma", _archive())
