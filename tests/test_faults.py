@@ -566,8 +566,21 @@ class SignalWhileBlocked(FaultHarness):
         return drive
 
     def _output_created(self, p):
+        """A temporary in dest/, or (created unnamed) a descriptor of the tool on a file in dest/."""
         dest = os.path.join(self._root, "dest")
-        return any(TEMP_RE.match(n) for n in os.listdir(dest))
+        if any(TEMP_RE.match(n) for n in os.listdir(dest)):
+            return True
+        try:
+            fds = os.listdir("/proc/%d/fd" % p.pid)
+        except OSError:
+            return False
+        for fd in fds:
+            try:
+                if os.readlink("/proc/%d/fd/%s" % (p.pid, fd)).startswith(dest + os.sep):
+                    return True
+            except OSError:
+                continue
+        return False
 
     def check(self, sig_name):
         name = "optimize_stdin"
