@@ -45,7 +45,6 @@ except ImportError:  # pragma: no cover - Python built without lzma
 TIMEOUT = 20            # seconds, every subprocess
 TERMINAL_DEADLINE = 10  # seconds a command on a terminal may take before it counts as hanging
 CLUSTER = 65536
-STALE = ".disk-drive-scsi0.raw.vma-tool-999999-abcdef.tmp"
 NOT_VMA = (b"This is a plain text file, certainly not a VMA archive.\n" * 2)[:100]
 
 
