@@ -4,7 +4,7 @@
   it does not (VMA_TOOL_NO_TMPFILE=1 forces that way here), the named temporary a killed run leaves is
   removed by the next run on that directory, with one notice.  A temporary of another host, of a live
   process, or one whose lock is held, is kept; so is anything that only looks like one.
-* optimize in place locks its file: a second run on it refuses at once (exit 3).
+* optimize in place (and the hook) locks its file: a second run on it refuses at once (exit 3).
 * In place keeps owner and mode, or refuses before any work when it cannot (a user who is not root);
   --force then makes the result the user's, and says so.
 
@@ -14,6 +14,7 @@ linkat(AT_EMPTY_PATH) instead (root only).
 """
 
 import fcntl
+import gzip
 import os
 import shutil
 import signal
@@ -34,6 +35,7 @@ TIMEOUT = 30
 CLUSTER = 65536
 NOBODY = 65534
 NOTICE = "vma-tool: removed %d stale temporary file%s of interrupted runs from %s"
+
 
 def _vm():
     return support.cached(("test_outputs", "vm"), lambda: vf.make_vm(
@@ -246,7 +248,6 @@ class InPlaceLockTest(OutputsCase):
                 self.fresh()
                 data = _archive()
                 if name.endswith(".gz"):
-                    import gzip
                     data = gzip.compress(data, 1)
                 self.write(name, data)
                 env = dict(os.environ, VMA_TOOL_FAULT="data-written:STOP")
