@@ -1,6 +1,8 @@
 """Shared test helpers for vma-tool (stdlib only, Python 3.9+).
 
     TOOL                  path of vma-tool (env VMA_TOOL, else <repo>/vma-tool)
+    unnamed_tool_argv()   how to start vma-tool so that its outputs are created unnamed (O_TMPFILE), with
+                          LINK_SHIM where links through /proc fail (link_shim_needed()); None: impossible
     REPO, TESTS_DIR       repository root and tests directory
     run_tool(*args, stdin=None, input=None, env=None, timeout=120, cwd=None)
                           run [sys.executable, TOOL, *args]; stdout/stderr captured as bytes.
@@ -56,6 +58,77 @@ def tool_argv():
     """How the tests start vma-tool: the current interpreter with -S (the tool is stdlib-only; skipping
     site-packages keeps the many short runs fast and proves that no third-party import is needed)."""
     return [sys.executable, "-S", TOOL]
+
+
+# Where links through /proc/self/fd fail (some sandboxes refuse them with EXDEV), vma-tool creates its
+# outputs under temporary names, and its unnamed (O_TMPFILE) way would go untested.  LINK_SHIM, run
+# before the tool's code, names such a file with linkat(fd, "", AT_EMPTY_PATH) instead (root only).
+LINK_SHIM = r"""
+import ctypes as _ctypes, os as _os
+_libc = _ctypes.CDLL(None, use_errno=True)
+_real_link = _os.link
+def _link(src, dst, *, src_dir_fd=None, dst_dir_fd=None, follow_symlinks=True):
+    if isinstance(src, str) and src.startswith("/proc/self/fd/") and follow_symlinks:
+        if _libc.linkat(int(src.rsplit("/", 1)[1]), b"", -100 if dst_dir_fd is None else dst_dir_fd,
+                        _os.fsencode(dst), 0x1000) != 0:
+            number = _ctypes.get_errno()
+            raise OSError(number, _os.strerror(number), dst)
+        return
+    return _real_link(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=follow_symlinks)
+_os.link = _link
+"""
+_EXEC_TOOL = r"""
+import sys
+tool = sys.argv[1]
+sys.argv = sys.argv[1:]
+with open(tool, "rb") as f:
+    code = compile(f.read(), tool, "exec")
+exec(code, {"__name__": "__main__", "__file__": tool, "__builtins__": __builtins__})
+"""
+_UNNAMED = {}
+
+
+def _names_unnamed(directory, shim):
+    """Can an O_TMPFILE file in directory be given a name (through /proc, or as LINK_SHIM does)?"""
+    import ctypes
+    probe = os.path.join(directory, ".vmatest-link-probe")
+    try:
+        fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY, 0o600)
+    except (OSError, AttributeError):
+        return False
+    try:
+        if shim:
+            if ctypes.CDLL(None, use_errno=True).linkat(fd, b"", -100, os.fsencode(probe), 0x1000) != 0:
+                return False
+        else:
+            os.link("/proc/self/fd/%d" % fd, probe, follow_symlinks=True)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    os.unlink(probe)
+    return True
+
+
+def link_shim_needed():
+    """True where vma-tool needs LINK_SHIM to create unnamed outputs (in the temporary directory's file
+    system) and the shim works; False where it needs none, or where nothing helps."""
+    if "shim" not in _UNNAMED:
+        directory = tempfile.mkdtemp(prefix="vmatest-probe-")
+        try:
+            _UNNAMED["plain"] = _names_unnamed(directory, False)
+            _UNNAMED["shim"] = not _UNNAMED["plain"] and _names_unnamed(directory, True)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+    return _UNNAMED["shim"]
+
+
+def unnamed_tool_argv():
+    """How to start vma-tool so that it creates its outputs unnamed (O_TMPFILE) in the temporary
+    directory's file system: tool_argv(), or the tool under LINK_SHIM; None where it cannot."""
+    if link_shim_needed():
+        return [sys.executable, "-S", "-c", LINK_SHIM + _EXEC_TOOL, TOOL]
+    return tool_argv() if _UNNAMED["plain"] else None
 
 
 def sha256_file(path):

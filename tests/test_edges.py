@@ -480,6 +480,7 @@ class OutputTransactionTest(support.ScratchCase):
             self.addCleanup(patch.stop)
         outputs = self.vt.OutputFiles(self.tmp, False)
         fd = outputs.create("x")
+        del events[:]                   # creating may try a link once (can this directory take unnamed files?)
         os.write(fd, b"data")
         outputs.commit()
         for patch in patches:

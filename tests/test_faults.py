@@ -21,9 +21,10 @@ write).  The shared assertions:
   are held for good, or a data-written count past the last write): exit 0, no error line, and the sandbox
   and stdout are exactly those of the uninterrupted run.  In place this is the right-after-rename rule:
   once the original is replaced, the tool must not report a failure;
-* SIGKILL: the source is intact, nothing new but the stale temporaries `.NAME.vma-tool-PID-XXXXXX.tmp`
-  (PID the killed process), and they are harmless: the same command run again succeeds, gives the
-  reference result and leaves the stale files alone.
+* SIGKILL: the source is intact, nothing new: outputs are created unnamed (O_TMPFILE) where the file system
+  allows (with support.LINK_SHIM where links through /proc fail); else (the *_named operations force that way) only the stale temporaries
+  `.NAME.vma-tool-HOST-PID-XXXXXX.tmp` (PID the killed process), and they are harmless: the same command
+  run again succeeds, gives the reference result, removes them and says so in one line.
 """
 import ast
 import concurrent.futures
@@ -56,7 +57,8 @@ FULL_WORDS = ("space", "full", "too large", "file size", "efbig", "enospc", "wri
 SIG_EXIT = {"INT": 130, "TERM": 143}
 SIG_WORDS = {"INT": ("interrupt",), "TERM": ("terminat",)}
 ERROR_PREFIX = support.ERROR_PREFIX
-TEMP_RE = re.compile(r"^\.(?P<name>.+)\.vma-tool-(?P<pid>\d+)-[0-9a-f]{6}\.tmp$")
+TEMP_RE = re.compile(r"^\.(?P<name>.+)\.vma-tool-(?P<host>[^/]+)-(?P<pid>\d+)-[0-9a-f]{6}\.tmp$")
+NAMED = {"VMA_TOOL_NO_TMPFILE": "1"}    # outputs under temporary names, as where O_TMPFILE is refused
 JOBS = max(2, min(4, os.cpu_count() or 1))     # runs of one test at a time (each in its own sandbox)
 
 
@@ -111,10 +113,13 @@ class Op:
     stdin: fixture key fed through a pipe; stdout: whether the result goes to stdout;
     points: [(point, count)] for INT and TERM, count "mid"/"last"/"past" relative to the reference's
     data-written count; kill: the same for SIGKILL; last_write_commits: the last data write finishes the job
-    (a raw image on stdout has no end mark, so from there on a signal must not fail it)."""
+    (a raw image on stdout has no end mark, so from there on a signal must not fail it); env: variables
+    for the tool."""
 
-    def __init__(self, args, inputs=(), stdin=None, stdout=False, points=(), kill=(), last_write_commits=False):
+    def __init__(self, args, inputs=(), stdin=None, stdout=False, points=(), kill=(), last_write_commits=False,
+                 env=None):
         self.args = list(args)
+        self.env = dict(env or {})
         self.last_write_commits = last_write_commits
         self.inputs = dict(inputs)
         self.stdin = stdin
@@ -151,6 +156,10 @@ OPS = {
     "in_place": Op(["optimize", "dest/a.vma"], {"dest/a.vma": "archive"}, points=START + FILE_POINTS,
                    kill=[("output-created", 1), ("data-written", 1), ("data-written", "mid"),
                          ("before-install", 1), ("installed", 1)]),
+    "in_place_named": Op(["optimize", "dest/a.vma"], {"dest/a.vma": "archive"}, env=NAMED,
+                         points=[("output-created", 1), ("data-written", "mid"), ("before-install", 1),
+                                 ("installed", 1)],
+                         kill=[("output-created", 1), ("data-written", "mid"), ("before-install", 1)]),
     "in_place_option": Op(["optimize", "--in-place", "dest/a.vma"], {"dest/a.vma": "archive"},
                           points=[("output-created", 1), ("data-written", "mid"), ("installed", 1)]),
     # compressed: read through a decompressor in one pass; with --memory 0 early clusters go to the scratch
@@ -161,10 +170,15 @@ OPS = {
                       kill=[("data-written", "mid")]),
     "unpack": Op(["unpack", "src/a.vma", "dest/new"], {"src/a.vma": "archive"}, points=START + FILE_POINTS,
                  kill=[("data-written", "mid")]),
+    "unpack_named": Op(["unpack", "src/a.vma", "dest/new"], {"src/a.vma": "archive"}, env=NAMED,
+                       points=[("output-created", 1), ("data-written", "mid"), ("before-install", 1)],
+                       kill=[("output-created", 1), ("data-written", "mid"), ("before-install", 1)]),
     "unpack_existing_dir": Op(["unpack", "src/a.vma", "dest"], {"src/a.vma": "archive", "dest/keep.txt": b"mine\n"},
                               points=[("output-created", 1), ("data-written", "mid"), ("installed", 1)]),
     "pack": Op(["pack", "--ctime", CTIME, "src/vm", "dest/packed.vma"], {"src/vm": "vm"}, points=FILE_POINTS,
                kill=[("data-written", "mid")]),
+    "pack_named": Op(["pack", "--ctime", CTIME, "src/vm", "dest/packed.vma"], {"src/vm": "vm"}, env=NAMED,
+                     points=[("data-written", "mid"), ("before-install", 1)], kill=[("data-written", "mid")]),
     "cat": Op(["cat", "src/a.vma", "drive-scsi0"], {"src/a.vma": "big_bytes"}, stdout=True, points=STDOUT_POINTS,
               last_write_commits=True),
     "cat_stdin_scratch": Op(["cat", "--memory", "0", "--tmpdir", "scratch", "-", "drive-scsi0"], stdin="reverse",
@@ -228,9 +242,11 @@ _REFS = {}
 _REF_LOCK = threading.Lock()
 
 
-def _tool_env(root, fault):
+def _tool_env(root, fault, extra):
     env = dict(os.environ)
     env.pop("VMA_TOOL_FAULT", None)
+    env.pop("VMA_TOOL_NO_TMPFILE", None)
+    env.update(extra)
     env["TMPDIR"] = os.path.join(root, "tmp")
     if fault:
         env["VMA_TOOL_FAULT"] = fault
@@ -240,13 +256,14 @@ def _tool_env(root, fault):
 def run_tool(op, root, fault=None, counter=None, drive=None):
     """Run op in the sandbox root (built by the caller) with VMA_TOOL_FAULT=fault.  drive(proc) instead of
     the plain feeding of stdin: it gets the Popen (stdin a pipe) and must end with the tool stopped."""
-    argv = tool_argv() + op.args
+    argv = (support.unnamed_tool_argv() or tool_argv()) + op.args
     if counter:
-        argv = [sys.executable, "-S", "-c", _COUNTER, support.TOOL, counter] + op.args
+        shim = support.LINK_SHIM if support.link_shim_needed() else ""
+        argv = [sys.executable, "-S", "-c", shim + _COUNTER, support.TOOL, counter] + op.args
     stdin_data = fixtures()[op.stdin] if op.stdin else None
     outf = tempfile.TemporaryFile()
     errf = tempfile.TemporaryFile()
-    p = subprocess.Popen(argv, cwd=root, env=_tool_env(root, fault), stdout=outf, stderr=errf,
+    p = subprocess.Popen(argv, cwd=root, env=_tool_env(root, fault, op.env), stdout=outf, stderr=errf,
                          stdin=subprocess.PIPE if stdin_data is not None or drive else subprocess.DEVNULL,
                          start_new_session=True)
     try:
@@ -443,8 +460,9 @@ class FaultHarness(unittest.TestCase):
         return stale
 
     def assert_killed(self, name, o, complete=False):
-        """SIGKILL: source intact, only stale temporaries new (or, complete, the reference result and none),
-        then the same command succeeds, gives the reference result and leaves the stale files alone."""
+        """SIGKILL: source intact, only stale temporaries new (none where outputs are created unnamed; or,
+        complete, the reference result and none), then the same command succeeds, gives the reference result,
+        and removes the stale files saying so in one line."""
         ref, before, _ = reference(name)
         msg = o.describe()
         self.assertEqual(o.rc, -signal.SIGKILL, "not killed" + msg)
@@ -455,6 +473,8 @@ class FaultHarness(unittest.TestCase):
                           "run:\n%s%s" % (diff, msg))
             return
         stale = self.stale_temporaries(name, o)
+        if OPS[name].env == NAMED:
+            self.assertTrue(stale, "named temporaries, yet the killed run left none" + msg)
         for p, entry in before.items():
             self.assertEqual(o.after.get(p), entry, "%s changed by a killed run%s" % (p, msg))
         again = run_tool(OPS[name], o.root)
@@ -462,10 +482,14 @@ class FaultHarness(unittest.TestCase):
         self.assertEqual(again.rc, 0, "the run after SIGKILL failed" + msg2)
         self.assertNotIn(b"Traceback", again.err, msg2)
         self.assertTrue(again.left, "a process of the tool still ran 10 s after it ended" + msg2)
-        for p, entry in stale.items():
-            self.assertEqual(again.after.get(p), entry, "stale temporary %s was touched%s" % (p, msg2))
-        rest = {p: e for p, e in again.after.items() if p not in stale}
-        diff = tree_diff(ref.after, rest)
+        notices = [line for line in again.err.decode("utf-8", "replace").splitlines() if "stale temporary" in line]
+        if stale:
+            directory = os.path.dirname(next(iter(stale)))
+            self.assertEqual(notices, ["vma-tool: removed %d stale temporary file%s of interrupted runs from %s"
+                                       % (len(stale), "" if len(stale) == 1 else "s", directory)], msg2)
+        else:
+            self.assertEqual(notices, [], msg2)
+        diff = tree_diff(ref.after, again.after)
         if diff:
             self.fail("after SIGKILL the next run's result differs from an uninterrupted run:\n%s%s" % (diff, msg2))
 
@@ -542,8 +566,21 @@ class SignalWhileBlocked(FaultHarness):
         return drive
 
     def _output_created(self, p):
+        """A temporary in dest/, or (created unnamed) a descriptor of the tool on a file in dest/."""
         dest = os.path.join(self._root, "dest")
-        return any(TEMP_RE.match(n) for n in os.listdir(dest))
+        if any(TEMP_RE.match(n) for n in os.listdir(dest)):
+            return True
+        try:
+            fds = os.listdir("/proc/%d/fd" % p.pid)
+        except OSError:
+            return False
+        for fd in fds:
+            try:
+                if os.readlink("/proc/%d/fd/%s" % (p.pid, fd)).startswith(dest + os.sep):
+                    return True
+            except OSError:
+                continue
+        return False
 
     def check(self, sig_name):
         name = "optimize_stdin"
