@@ -104,8 +104,21 @@ in the \fBbackup\-end\fR phase, keeping its compression, and prints one line for
 vzdump calls the hook as \fIvma\-tool PHASE\fR [\fIMODE VMID\fR] in every phase
 (pve\-manager's PVE/VZDump.pm, run_hook_script);
 every other phase, guest type or target returns at once, silently.
+.PP
+Before any work the hook checks that the archive's directory can hold the copy that replaces it:
+the archive's size plus 1\ % and 16\ MiB in place; with \fBcompressed = plain\fR at least the
+compressed size (the uncompressed archive, commonly 1.5 to 3 times a .zst, is unknown before it is
+read). Scratch space for a compressed archive defaults to the archive's directory, not /tmp; how much
+it takes depends on the order the clusters arrive (little for Proxmox's own order) and is not
+checked up front: a full scratch stops the run, the archive untouched, and the message names the
+settings to change (\fBtmpdir\fR, \fBmemory\fR).
+.PP
 A failure prints one \fBvma\-tool: error:\fR line and exits non\-zero:
 vzdump marks that guest's backup as failed, and the archive stays as vzdump wrote it.
+vzdump runs \fBbackup\-end\fR after it has pruned older backups (PVE/VZDump.pm, exec_backup_task),
+so with \fBon_error = warn\fR a failure is one \fBvma\-tool: warning:\fR line and exit status 0.
+With \fBcompressed = plain\fR vzdump's notification names the .vma.zst and the size it had before
+the hook ran; the hook's task\-log line gives the result.
 Settings are read from \fI/etc/vma\-tool.conf\fR (see \fBFILES\fR).
 """
 
@@ -114,11 +127,17 @@ OUTPUTS_SECTION = r"""
 An existing output is refused unless \fB\-\-force\fR; a directory DST means DST/<name>, like
 .BR cp (1);
 archive bytes go to a terminal only with \fB\-\-force\fR.
-An output file takes its name only once complete and fsync'ed; on an error, Ctrl\-C, SIGTERM or
-SIGHUP no partial output is left and the original is untouched.
+An output file is created without a name (O_TMPFILE) and takes its name only once complete and
+fsync'ed, so nothing is left behind even by \fBkill \-9\fR or a power cut; on an error, Ctrl\-C,
+SIGTERM or SIGHUP the original is untouched. Where the file system cannot create unnamed files (NFS,
+CIFS), outputs are hidden temporary files \fI.NAME.vma\-tool\-HOST\-PID\-XXXXXX.tmp\fR, locked while
+written; the next run that writes into that directory removes those whose process on this host is
+gone and whose lock is free, and says so once (temporaries of other hosts are left alone).
 .PP
 In place, a symbolic link stays a link and its target is replaced; a file with several hard links
-is refused unless \fB\-\-force\fR; permissions, owner and compression are kept, the compressor
+is refused unless \fB\-\-force\fR; the file is locked (a second run on it refuses at once);
+permissions, owner and compression are kept (a user who cannot give the new file the original's
+owner is refused before any work, unless \fB\-\-force\fR), the compressor
 run with explicit levels so that \fBZSTD_CLEVEL\fR, \fBGZIP\fR and the like do not change the bytes.
 .PP
 To standard output, bytes already sent cannot be taken back: a stream that fails midway ends with a
@@ -134,7 +153,8 @@ FILES_SECTION = r"""
 .SH FILES
 .TP
 .I /etc/vma\-tool.conf
-Settings of the vzdump hook: \fIname\fR = \fIvalue\fR lines, \fB#\fR starts a comment.
+Settings of the vzdump hook (\fBVMA_TOOL_CONFIG\fR names another file):
+\fIname\fR = \fIvalue\fR lines, \fB#\fR starts a comment.
 The installed file lists every setting with its default, commented out.
 \fBVMA_TOOL_\fR\fINAME\fR environment variables override them (vzdump passes none; a wrapper script may).
 """
@@ -154,7 +174,8 @@ binary output to a terminal or archive input from a terminal
 .TP
 .B 3
 environment: an existing output (without \fB\-\-force\fR), cannot open or write a file,
-disk full, missing program, a compressor that fails, unsupported input compression
+disk full, missing program, a compressor that fails, unsupported input compression,
+a file being optimized by another run or whose owner cannot be kept in place; Python older than 3.9
 .TP
 .B 130, 143, 128+N
 interrupted by SIGINT, SIGTERM or another signal N (outputs cleaned up)
@@ -163,6 +184,9 @@ interrupted by SIGINT, SIGTERM or another signal N (outputs cleaned up)
 the reader of standard output went away, quietly
 .PP
 With several files (\fBverify\fR, \fBinfo\fR, \fBoptimize \-\-in\-place\fR) the exit status is the worst of them.
+With \fB\-\-json\fR each file's object has \fBresult\fR: ok, optimized, already canonical,
+invalid (any defect of the archive, status 1, with \fBproblems\fR) or error (environment or usage,
+status 3 or 2), its \fBexit_status\fR and, for a failure, \fBerror\fR: the line printed on stderr.
 A pipeline must check vma\-tool's status (\fBset \-o pipefail\fR):
 bytes already written to standard output cannot be taken back.
 """
