@@ -267,6 +267,43 @@ class PapercutTest(support.ScratchCase):
         finally:
             subprocess.run(["umount", small])
 
+    def test_messages_quote_paths_and_name_the_directory(self):
+        data = optimized_archive()
+        spaced = self.path("my dumps")
+        os.mkdir(spaced)
+        src = os.path.join(spaced, "a b.vma")
+        with open(src, "wb") as handle:
+            handle.write(data[:-3000])
+        r = support.run_tool("verify", src)
+        support.assert_clean_error(self, r, "'%s': offset" % src, code=1)
+        r = support.run_tool("optimize", self.put("x.vma", data), os.path.join(spaced, "none", "c d.vma"))
+        support.assert_clean_error(self, r, "cannot create '%s/none/c d.vma': no such directory" % spaced, code=3)
+        r = support.run_tool("info", os.path.join(spaced, "missing.vma"))
+        support.assert_clean_error(self, r, "cannot open '%s/missing.vma'" % spaced, code=3)
+        r = support.run_tool("verify", self.put("plain.vma", data[:-3000]))       # nothing to quote
+        self.assertIn(("%s: offset" % self.path("plain.vma")).encode(), r.stderr)
+        if os.geteuid() != 0:
+            return
+        # a directory that refuses us is named (root may write anywhere: run as nobody)
+        os.chmod(self.tmp, 0o755)
+        os.chmod(spaced, 0o755)
+        os.chmod(self.path("x.vma"), 0o644)
+
+        def as_nobody():
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+        python = shutil.which("python3", path="/usr/bin:/bin")     # one that nobody may run
+        if python is None:
+            self.skipTest("no system python3 for uid nobody")
+        r = subprocess.run([python, "-S", support.TOOL, "optimize", self.path("x.vma"),
+                            os.path.join(spaced, "c.vma")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           stdin=subprocess.DEVNULL, preexec_fn=as_nobody, timeout=60)
+        if b"Permission denied" in r.stderr and b"x.vma" in r.stderr.split(b"cannot create")[0]:
+            self.skipTest("uid nobody cannot read the test directory here")
+        support.assert_clean_error(self, r, "cannot create '%s/c.vma': directory '%s' is not writable"
+                                   % (spaced, spaced), code=3)
+
 
 if __name__ == "__main__":
     unittest.main()
