@@ -115,6 +115,66 @@ class Restic:
         return stored
 
 
+# Day 2's changes.  bench_dedup.mutate_disk changes 1 % of the disk's blocks in regions that grow
+# with the disk: on 384 MiB each hot region is 1 to 2 MiB, a few chunks.  Real changes do not
+# shrink with the disk (a package upgrade or a database's hot pages are as large on a small disk as
+# on a big one), so the demo gives each region the size that model gives it on the benchmark's
+# 2 GiB disk, and a smaller disk fewer regions (at least one of each kind).
+BENCH_DISK_BLOCKS = (2 << 30) // bench_dedup.BLOCK     # make bench-dedup's default DEDUP_SIZE
+BENCH_CHANGED_BLOCKS = BENCH_DISK_BLOCKS // 100         # its fraction, 1 %
+
+
+def mutate_disk(src, dst, size, used_end, rng):
+    """dst = src "one day later", with bench_dedup.mutate_disk's kinds of change in its
+    proportions at 2 GiB, and the region sizes it has there: 3 to 6 hot regions sharing 80 % of
+    the changed blocks (every other block of a region rewritten), 4 % single scattered blocks, 8 %
+    appended after the used area in one run, 4 % freed (data blocks zeroed) and 4 % filled (zero
+    blocks given data) near one place each.  A disk of 1/n of 2 GiB gets 1/n of the regions.
+    Returns {block: kind}."""
+    shutil.copyfile(src, dst)
+    blocks, used_blocks = size // bench_dedup.BLOCK, used_end // bench_dedup.BLOCK
+    share = blocks / BENCH_DISK_BLOCKS
+
+    def regions(count_at_2_gib):
+        return max(1, round(count_at_2_gib * share))
+
+    hot_regions_at_2_gib = rng.randint(3, 6)
+    hot_blocks = int(BENCH_CHANGED_BLOCKS * 0.80) // hot_regions_at_2_gib
+    writes = {}
+    for _ in range(regions(hot_regions_at_2_gib)):
+        span = 2 * hot_blocks
+        start = rng.randrange(0, max(1, used_blocks - span))
+        for block in rng.sample(range(start, start + span), hot_blocks):
+            writes[block] = "hot"
+    for _ in range(int(blocks / 100 * 0.04)):          # single blocks: as many per GiB as at 2 GiB
+        writes[rng.randrange(0, used_blocks)] = "scattered"
+    appended = regions(1) * int(BENCH_CHANGED_BLOCKS * 0.08)   # one run, as the used area grows
+    for block in range(used_blocks, min(blocks, used_blocks + appended)):
+        writes[block] = "appended"
+    with open(src, "rb") as day1:
+        def is_zero(block):
+            day1.seek(block * bench_dedup.BLOCK)
+            return not any(day1.read(bench_dedup.BLOCK))
+        for kind, want_zero in (("freed", False), ("filled", True)):
+            for _ in range(regions(1)):
+                need = int(BENCH_CHANGED_BLOCKS * 0.04)
+                block = rng.randrange(0, used_blocks)
+                for _ in range(used_blocks):
+                    if need == 0:
+                        break
+                    block = (block + 1) % used_blocks
+                    if block not in writes and is_zero(block) == want_zero:
+                        writes[block] = kind
+                        need -= 1
+    writes = {block: kind for block, kind in writes.items() if block < blocks}   # a tiny disk
+    with open(dst, "r+b") as day2:
+        for block in sorted(writes):
+            day2.seek(block * bench_dedup.BLOCK)
+            day2.write(bytes(bench_dedup.BLOCK) if writes[block] == "freed"
+                       else bench_dedup.data(rng, bench_dedup.BLOCK))
+    return writes
+
+
 def vma_tool(*arguments):
     subprocess.run([sys.executable, TOOL] + list(arguments), check=True)
 
@@ -126,7 +186,7 @@ def make_days(work):
     disks = {day: [os.path.join(work, "%s-%s.raw" % (day, name)) for name, _ in devices] for day in (1, 2)}
     bench_dedup.efidisk([disks[1][0], disks[2][0]], SEED)
     used_end = bench_dedup.write_disk_a(disks[1][1], DISK_SIZE, rng)
-    bench_dedup.mutate_disk(disks[1][1], disks[2][1], DISK_SIZE, used_end, rng)
+    mutate_disk(disks[1][1], disks[2][1], DISK_SIZE, used_end, rng)
     configs = vmafixture.default_configs(SEED, devices)
     forms = {}
     for day in (1, 2):

@@ -61,5 +61,35 @@ class Chunker(ScratchCase):
         self.assertEqual(demo.stored_for_day_2(paths[0], paths[0]), 0)
 
 
+class DayTwo(ScratchCase):
+    """Day 2's change regions have the sizes make bench-dedup's model gives them on 2 GiB."""
+
+    def changes(self, size):
+        rng = random.Random(6)
+        day1, day2 = self.path("day1-%d" % size), self.path("day2-%d" % size)
+        used_end = size * 3 // 4
+        with open(day1, "wb") as handle:        # data with every fourth block zero, then free space
+            for offset in range(0, used_end, 4 * 4096):
+                handle.write(rng.randbytes(3 * 4096) + bytes(4096))
+            handle.truncate(size)
+        writes = demo.mutate_disk(day1, day2, size, used_end, rng)
+        kinds = {}
+        for kind in writes.values():
+            kinds[kind] = kinds.get(kind, 0) + 1
+        return kinds
+
+    def test_regions_keep_their_size_on_a_small_disk(self):
+        bench_changed = (2 << 30) // 4096 // 100
+        for size in (32 * MiB, 64 * MiB):
+            kinds = self.changes(size)
+            self.assertEqual(kinds["appended"], int(bench_changed * 0.08))
+            self.assertEqual(kinds["freed"], int(bench_changed * 0.04))
+            self.assertEqual(kinds["filled"], int(bench_changed * 0.04))
+            scattered = int(size // 4096 / 100 * 0.04)    # may land in the hot region
+            self.assertLessEqual(kinds["scattered"], scattered)
+            self.assertTrue(any(0 <= int(bench_changed * 0.80) // regions - kinds["hot"] <= scattered
+                                for regions in range(3, 7)), kinds)
+
+
 if __name__ == "__main__":
     unittest.main()
