@@ -119,7 +119,7 @@ class Restic:
 # with the disk: on 384 MiB each hot region is 1 to 2 MiB, a few chunks.  Real changes do not
 # shrink with the disk (a package upgrade or a database's hot pages are as large on a small disk as
 # on a big one), so the demo gives each region the size that model gives it on the benchmark's
-# 2 GiB disk, and a smaller disk fewer regions (at least one of each kind).
+# 2 GiB disk, and a smaller disk proportionally fewer regions.
 BENCH_DISK_BLOCKS = (2 << 30) // bench_dedup.BLOCK     # make bench-dedup's default DEDUP_SIZE
 BENCH_CHANGED_BLOCKS = BENCH_DISK_BLOCKS // 100         # its fraction, 1 %
 
@@ -129,14 +129,16 @@ def mutate_disk(src, dst, size, used_end, rng):
     proportions at 2 GiB, and the region sizes it has there: 3 to 6 hot regions sharing 80 % of
     the changed blocks (every other block of a region rewritten), 4 % single scattered blocks, 8 %
     appended after the used area in one run, 4 % freed (data blocks zeroed) and 4 % filled (zero
-    blocks given data) near one place each.  A disk of 1/n of 2 GiB gets 1/n of the regions.
+    blocks given data) near one place each.  A disk of 1/n of 2 GiB gets 1/n of the regions of each kind,
+    rounded up or down at random (a region that 2 GiB has once is there one day in n): the
+    same kinds in the same proportions, and 1 % of the blocks, on average over the days.
     Returns {block: kind}."""
     shutil.copyfile(src, dst)
     blocks, used_blocks = size // bench_dedup.BLOCK, used_end // bench_dedup.BLOCK
     share = blocks / BENCH_DISK_BLOCKS
 
     def regions(count_at_2_gib):
-        return max(1, round(count_at_2_gib * share))
+        return int(count_at_2_gib * share + rng.random())
 
     hot_regions_at_2_gib = rng.randint(3, 6)
     hot_blocks = int(BENCH_CHANGED_BLOCKS * 0.80) // hot_regions_at_2_gib
@@ -180,13 +182,14 @@ def vma_tool(*arguments):
 
 
 def make_days(work):
-    """{form: (day 1 file, day 2 file)} for every form of the backup."""
+    """({form: (day 1 file, day 2 file)} for every form of the backup, {block: kind} of day 2's
+    changes to the disk)."""
     rng = random.Random(SEED)
     devices = [("drive-efidisk0", bench_dedup.EFIDISK_SIZE), ("drive-scsi0", DISK_SIZE)]
     disks = {day: [os.path.join(work, "%s-%s.raw" % (day, name)) for name, _ in devices] for day in (1, 2)}
     bench_dedup.efidisk([disks[1][0], disks[2][0]], SEED)
     used_end = bench_dedup.write_disk_a(disks[1][1], DISK_SIZE, rng)
-    mutate_disk(disks[1][1], disks[2][1], DISK_SIZE, used_end, rng)
+    changes = mutate_disk(disks[1][1], disks[2][1], DISK_SIZE, used_end, rng)
     configs = vmafixture.default_configs(SEED, devices)
     forms = {}
     for day in (1, 2):
@@ -204,7 +207,7 @@ def make_days(work):
             vma_tool("optimize", "-q", files["proxmox zst"], files["optimized zst"])
         for form, path in files.items():
             forms.setdefault(form, []).append(path)
-    return forms
+    return forms, changes
 
 
 LABELS = {
@@ -219,7 +222,7 @@ LABELS = {
 def main():
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="vma-tool-demo-") as work:
-        forms = make_days(work)
+        forms, changes = make_days(work)
         print("Two daily backups of one VM: a %d MiB disk of unique data with zero runs and free space;"
               % (DISK_SIZE // MiB))
         print("on day 2 about 1 %% of its 4 KiB blocks changed. %d MiB per archive as Proxmox writes it."
