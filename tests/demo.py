@@ -302,9 +302,9 @@ def stored_text(stored, form):
 CONCLUSION = """\
 Proxmox gives every archive a new uuid, repeated in every extent header, and writes the clusters
 in a new order each time: day 2's archive shares almost no chunk with day 1's and costs several
-times what the raw disks cost. Optimized, both days hold every unchanged cluster at its place: day
-2 costs a fraction of that, but more than the raw disks on most days of a disk this small (below).
-A .vma.zst hides most of that from the chunker: into a backup tool that compresses by itself, keep
+times what the raw disks cost. Optimized, both days hold every unchanged cluster at its place:
+day 2 costs a fraction of that, but more than the raw disks on most days of a disk this small
+(below). A .vma.zst hides most of that from the chunker: into a backup tool that compresses by itself, keep
 the optimized archives uncompressed (the vzdump hook's `compressed = plain`).
 
 Why above: each change costs at least one chunk of 512 KiB or more in the archive as in the raw
