@@ -61,5 +61,48 @@ class Chunker(ScratchCase):
         self.assertEqual(demo.stored_for_day_2(paths[0], paths[0]), 0)
 
 
+class Rounding(random.Random):
+    """Random numbers, but random() always this value: decides how the region counts round."""
+
+    def __init__(self, seed, value):
+        super().__init__(seed)
+        self.value = value
+
+    def random(self):
+        return self.value
+
+
+class DayTwo(ScratchCase):
+    """Day 2's change regions have the sizes make bench-dedup's model gives them on 2 GiB."""
+
+    def changes(self, size, rng):
+        day1, day2 = self.path("day1"), self.path("day2")
+        used_end = size * 3 // 4
+        with open(day1, "wb") as handle:        # data with every fourth block zero, then free space
+            for offset in range(0, used_end, 4 * 4096):
+                handle.write(rng.randbytes(3 * 4096) + bytes(4096))
+            handle.truncate(size)
+        writes = demo.mutate_disk(day1, day2, size, used_end, rng)
+        kinds = {}
+        for kind in writes.values():
+            kinds[kind] = kinds.get(kind, 0) + 1
+        return kinds
+
+    def test_regions_keep_their_size_on_a_small_disk(self):
+        bench_changed = (2 << 30) // 4096 // 100
+        size = 32 * MiB
+        kinds = self.changes(size, Rounding(6, 0.999))          # every region count rounded up
+        self.assertEqual(kinds["appended"], int(bench_changed * 0.08))
+        self.assertEqual(kinds["freed"], int(bench_changed * 0.04))
+        self.assertEqual(kinds["filled"], int(bench_changed * 0.04))
+        scattered = int(size // 4096 / 100 * 0.04)               # may land in the hot region
+        self.assertLessEqual(kinds["scattered"], scattered)
+        self.assertTrue(any(0 <= int(bench_changed * 0.80) // regions - kinds["hot"] <= scattered
+                            for regions in range(3, 7)), kinds)
+
+    def test_a_small_disk_has_fewer_regions(self):
+        kinds = self.changes(32 * MiB, Rounding(7, 0.0))         # every region count rounded down
+        self.assertEqual(list(kinds), ["scattered"])
+
 if __name__ == "__main__":
     unittest.main()
