@@ -383,7 +383,7 @@ class WriterProperties(unittest.TestCase):
         self.assertTrue(all(e.block_count == 0 for e in empties))
 
     def test_canonical_v1(self):
-        # the previous canonical layout (FORMAT.md "Version 1 (not canonical any more)")
+        # the previous canonical layout (FORMAT.md "Versions 1 and 2 (not canonical any more)")
         vm = vm_for(7)
         data = F.canonical_archive_v1(vm)
         lay = F.parse_layout(data)

@@ -764,7 +764,7 @@ def _block_probe(data):
 
 
 def canonical_archive_v1(vm, dest=None):
-    """The previous canonical form (version 1, FORMAT.md "Version 1 (not canonical any more)"):
+    """The previous canonical form (version 1, FORMAT.md "Versions 1 and 2 (not canonical any more)"):
     CANONICAL_UUID, ascending dev_id / cluster order, 59 clusters per extent, new extent at each
     device, zero blocks never stored, tail zeroed.  A valid archive that is no longer canonical."""
     return write_archive(vm, dest, order="sequential", per_extent=59, uuid=CANONICAL_UUID,
@@ -889,6 +889,41 @@ def _write_canonical(vm, dest, starts_here):
     finally:
         out.close()
     return out.result()
+
+
+# ---------------------------------------------------------------------------------------------
+# The compressed form (FORMAT.md "The compressed form")
+
+CUT_MARK = b"\x50\x2a\x4d\x18" + b"\x40\x00\x00\x00" + bytes(64)   # skippable frame, 64 zero bytes
+MARK_SPACING = 16      # clusters: a cut mark before every extent that starts at a multiple of this
+
+
+def framed_units(plain):
+    """Yield (needs a cut mark before it, bytes) of each unit of a plain canonical archive: the
+    header, then every extent (its 512-byte header and its data)."""
+    header_size = struct.unpack_from(">I", plain, 56)[0]
+    yield False, plain[:header_size]
+    pos = header_size
+    while pos < len(plain):
+        block_count = struct.unpack_from(">H", plain, pos + 6)[0]
+        end = pos + 512 + block_count * BLOCK
+        first = struct.unpack_from(">Q", plain, pos + 40)[0]
+        dev_id, cluster = first >> 32 & 0xFF, first & 0xFFFFFFFF
+        yield dev_id != 0 and cluster % MARK_SPACING == 0, plain[pos:end]
+        pos = end
+    if pos != len(plain):
+        raise ValueError("the plain archive ends inside an extent")
+
+
+def framed_zstd(plain, compress):
+    """The compressed form of a plain canonical archive: every unit of framed_units as one frame
+    by compress(bytes) -> bytes, CUT_MARK before the units that need one."""
+    out = []
+    for mark, unit in framed_units(bytes(plain)):
+        if mark:
+            out.append(CUT_MARK)
+        out.append(compress(unit))
+    return b"".join(out)
 
 
 # ---------------------------------------------------------------------------------------------
