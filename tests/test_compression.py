@@ -236,7 +236,8 @@ class MissingProgramTests(CompressionCase):
         return MAGIC["zst"] + bytes(range(256)) * 8
 
     def check_missing(self, prog, *args, **kw):
-        r = run_tool(*args, env={"PATH": self.empty_path_dir()}, **kw)
+        # VMA_TOOL_ZSTD=program: as where libzstd is missing (with it, zstd needs no program)
+        r = run_tool(*args, env={"PATH": self.empty_path_dir(), "VMA_TOOL_ZSTD": "program"}, **kw)
         assert_clean_error(self, r, prog, code=3)
         return r
 
@@ -257,6 +258,11 @@ class MissingProgramTests(CompressionCase):
         if python_has_zstd():
             self.skipTest("this Python has compression.zstd")
         self.check_missing("zstd", "info", self.put("x.vma.zst", self.zst()))
+
+    @unittest.skipUnless(LIBZSTD and ZSTD, "libzstd or the zstd program not installed")
+    def test_zstd_read_by_the_library(self):
+        r = run_tool("verify", self.put("x.vma.zst", self.zst()), env={"PATH": self.empty_path_dir()})
+        self.assertOk(r)
 
     def test_lzop_missing(self):
         self.check_missing("lzop", "verify", self.put("x.vma.lzo", self.fake_lzo()))
