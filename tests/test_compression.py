@@ -5,6 +5,7 @@ gzip/bzip2 data is made with the stdlib, zstd/lzop data with the `zstd`/`lzop` p
 when the program is missing). Expected VMA content always comes from the fixture writer.
 """
 import bz2
+import ctypes.util
 import gzip
 import json
 import os
@@ -24,6 +25,7 @@ import support  # noqa: E402
 
 CLUSTER = 65536
 ZSTD = shutil.which("zstd")
+LIBZSTD = ctypes.util.find_library("zstd")
 LZOP = shutil.which("lzop")
 
 MAGIC = {
@@ -234,7 +236,8 @@ class MissingProgramTests(CompressionCase):
         return MAGIC["zst"] + bytes(range(256)) * 8
 
     def check_missing(self, prog, *args, **kw):
-        r = run_tool(*args, env={"PATH": self.empty_path_dir()}, **kw)
+        # VMA_TOOL_ZSTD=program: as where libzstd is missing (with it, zstd needs no program)
+        r = run_tool(*args, env={"PATH": self.empty_path_dir(), "VMA_TOOL_ZSTD": "program"}, **kw)
         assert_clean_error(self, r, prog, code=3)
         return r
 
@@ -256,6 +259,11 @@ class MissingProgramTests(CompressionCase):
             self.skipTest("this Python has compression.zstd")
         self.check_missing("zstd", "info", self.put("x.vma.zst", self.zst()))
 
+    @unittest.skipUnless(LIBZSTD and ZSTD, "libzstd or the zstd program not installed")
+    def test_zstd_read_by_the_library(self):
+        r = run_tool("verify", self.put("x.vma.zst", self.zst()), env={"PATH": self.empty_path_dir()})
+        self.assertOk(r)
+
     def test_lzop_missing(self):
         self.check_missing("lzop", "verify", self.put("x.vma.lzo", self.fake_lzo()))
 
@@ -264,12 +272,18 @@ class MissingProgramTests(CompressionCase):
         self.assertEqual(r.stdout, b"")
 
     def test_zstd_missing_for_writing(self):
-        if python_has_zstd():
-            self.skipTest("this Python has compression.zstd")
+        # without libzstd (VMA_TOOL_ZSTD=program) the zstd program writes .vma.zst
         src = self.put("x.vma", default_archive())
         dst = self.path("y.vma.zst")
-        self.check_missing("zstd", "optimize", src, dst)
+        r = run_tool("optimize", src, dst, env={"PATH": self.empty_path_dir(), "VMA_TOOL_ZSTD": "program"})
+        assert_clean_error(self, r, "zstd", code=3)
         self.assertFalse(os.path.exists(dst), "partial output left behind")
+        if not LIBZSTD:
+            return
+        # with libzstd the program is not needed for writing
+        r = run_tool("optimize", src, dst, env={"PATH": self.empty_path_dir(), "VMA_TOOL_ZSTD": "library"})
+        self.assertOk(r)
+        self.assertTrue(self.read(dst).startswith(MAGIC["zst"]))
 
     def test_lzop_missing_for_writing(self):
         d = self.path("d")
@@ -410,12 +424,14 @@ exit 1
 
 
 class FailingCompressorTests(FakeProgramCase):
-    """The compressor dies while we write to it: one clear error naming it and its message
-    (not a silent 'broken pipe' exit), and no output file left behind."""
+    """The compressor program (used where libzstd is missing: VMA_TOOL_ZSTD=program) dies while we
+    write to it: one clear error naming it and its message (not a silent 'broken pipe' exit), and
+    no output file left behind."""
 
     def setUp(self):
         super().setUp()
         self.install("zstd", FAILING_COMPRESSOR)
+        self.env["VMA_TOOL_ZSTD"] = "program"
 
     def check(self, args):
         r = run_tool(*args, env=self.env)
@@ -434,8 +450,9 @@ class FailingCompressorTests(FakeProgramCase):
 
 @unittest.skipUnless(ZSTD, "zstd program not installed")
 class RsyncableTests(FakeProgramCase):
-    """Written .zst files are made with `zstd --rsyncable` (and gzip, if run as a program, with
-    --rsyncable, which this gzip supports)."""
+    """Where libzstd is missing (VMA_TOOL_ZSTD=program), written .zst files are made with
+    `zstd --rsyncable` (and gzip, if run as a program, with --rsyncable, which this gzip
+    supports); with libzstd the program is not run for writing (tests/test_framed.py)."""
 
     def setUp(self):
         super().setUp()
@@ -451,7 +468,7 @@ class RsyncableTests(FakeProgramCase):
     def test_optimize_zst_rsyncable(self):
         src = self.put("x.vma", default_archive())
         dst = self.path("y.vma.zst")
-        self.assertOk(run_tool("optimize", src, dst, env=self.env))
+        self.assertOk(run_tool("optimize", src, dst, env=dict(self.env, VMA_TOOL_ZSTD="program")))
         self.assertEqual(decompress("zst", self.read(dst)), canonical())
         calls = self.compress_calls("zstd")
         self.assertTrue(calls, "zstd program not used for writing")
@@ -462,10 +479,18 @@ class RsyncableTests(FakeProgramCase):
         vm = default_vm()
         write_unpacked_dir(vm, d)
         dst = self.path("y.vma.zst")
-        self.assertOk(run_tool("pack", "--ctime", str(vm.ctime), d, dst, env=self.env))
+        self.assertOk(run_tool("pack", "--ctime", str(vm.ctime), d, dst, env=dict(self.env, VMA_TOOL_ZSTD="program")))
         self.assertEqual(decompress("zst", self.read(dst)), canonical())
         calls = self.compress_calls("zstd")
         self.assertTrue(calls and all("--rsyncable" in c for c in calls), calls)
+
+    @unittest.skipUnless(LIBZSTD, "libzstd not installed")
+    def test_library_writes_without_the_program(self):
+        src = self.put("x.vma", default_archive())
+        dst = self.path("y.vma.zst")
+        self.assertOk(run_tool("optimize", src, dst, env=self.env))
+        self.assertEqual(decompress("zst", self.read(dst)), canonical())
+        self.assertEqual(self.compress_calls("zstd"), [], "zstd program used for writing")
 
     def test_gzip_rsyncable_if_program_used(self):
         src = self.put("x.vma", default_archive())

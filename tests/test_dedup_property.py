@@ -1,8 +1,8 @@
 """The dedup property of `vma-tool optimize`: two optimized archives of similar VMs differ only
-in the 56-cluster cells that hold changed clusters (plus the header when ctime/sizes differ);
-every extent of every other cell is byte-identical, and at the same offset as long as no earlier
-extent changed size.  (The layout depends on which clusters are zero, but only within a cell:
-FORMAT.md, "Canonical form (version 2)".)
+in the extents that hold or border on changed clusters (plus the header when ctime/sizes differ);
+every other extent is byte-identical, and at the same offset as long as no earlier extent changed
+size.  (Where an extent [f, f+n) starts and ends depends only on clusters f-1..f+n: whether they
+are zero, and their numbers: FORMAT.md, "Canonical form (version 3)".)
 
 The source archives are written with different seeds, cluster orders, extent sizes and uuids, so
 nothing of the original layout may leak into the optimized form."""
@@ -18,11 +18,10 @@ import support  # noqa: E402
 import vmafixture  # noqa: E402
 from vmafixture import BLOCK, CLUSTER  # noqa: E402
 
-CELL = vmafixture.CANONICAL_CELL
 DEVICES = [
     ("drive-efidisk0", 540672),               # 8.25 clusters
-    ("drive-scsi0", 16 * 1048576 + 36352),    # 257 clusters: 5 cells, the last one partial
-    ("drive-scsi1", 6 * 1048576 + 40960),     # 97 clusters: 2 cells
+    ("drive-scsi0", 16 * 1048576 + 36352),    # 257 clusters, the last one partial
+    ("drive-scsi1", 6 * 1048576 + 40960),     # 97 clusters
 ]
 
 
@@ -82,24 +81,25 @@ class DedupPropertyTest(support.TempDir, unittest.TestCase):
             ea.offset, eb.offset, ea.slots[:1], "differ" if same else "identical"))
 
     def compare(self, da, db, va, vb, changed):
-        """Assert that every extent of a cell without a changed cluster is byte-identical in both
-        archives, and that every extent that differs lies in a cell with a changed cluster.
-        Returns (layout a, layout b, keys of b's extents not found unchanged in a)."""
+        """Assert that every extent none of whose clusters, nor the one before or after it,
+        changed is byte-identical in both archives, and that every extent that differs holds or
+        borders on a changed cluster.  Returns (layout a, layout b, keys of b's extents not found
+        unchanged in a)."""
         la = self.check_layout(da, va)
         lb = self.check_layout(db, vb)
-        cells = {(d, c // CELL) for d, c in changed}
         a_by_key = {extent_key(e): e for e in la.extents}
         differ = set()
         for eb in lb.extents:
             key = extent_key(eb)
             ea = a_by_key.get(key)
             same = ea is not None and self.extent_bytes(da, ea) == self.extent_bytes(db, eb)
-            if (key[0], key[1] // CELL) in cells:
+            dev_id, first, count = key
+            if any((dev_id, c) in changed for c in range(first - 1, first + count + 1)):
                 if not same:
                     differ.add(key)
             else:
-                self.assertTrue(same, "extent %s of an unchanged cell differs" % (key,))
-        self.assertTrue(cells, "test setup: no cluster changed")
+                self.assertTrue(same, "extent %s away from every changed cluster differs" % (key,))
+        self.assertTrue(changed, "test setup: no cluster changed")
         self.assertTrue(differ, "no extent differs although clusters changed")
         self.assertLess(len(differ), len(lb.extents), "test setup: every extent changed")
         return la, lb, differ
@@ -170,8 +170,8 @@ class DedupPropertyTest(support.TempDir, unittest.TestCase):
     def test_device_grown(self):
         # scsi0 grows by 4 MiB + 4 KiB of new data: the header changes (device size); devices are
         # written in descending dev_id order, so scsi1's extents stay identical at the same
-        # offsets; scsi0's extents before its last (partial) cell stay identical at the same
-        # offsets, that cell changes and new ones follow; efidisk0's extents stay identical (shifted)
+        # offsets; scsi0's extents that end before the cluster before its last (partial)
+        # one stay identical at the same offsets, the rest changes and new ones follow; efidisk0's extents stay identical (shifted)
         a = vmafixture.make_vm(31, devices=DEVICES)
         grow = 4 * 1048576 + 4096
         rng = random.Random(7)
@@ -194,8 +194,8 @@ class DedupPropertyTest(support.TempDir, unittest.TestCase):
         for ea, eb in zip(by_dev_a[3], by_dev_b[3]):
             self.assertEqual(ea.offset, eb.offset)
             self.assertSameExtent(da, ea, db, eb)
-        last_cell = (nclusters(DEVICES[1][1]) - 1) // CELL
-        s0a = [e for e in by_dev_a[2] if e.slots[0][2] // CELL < last_cell]
+        last_cluster = nclusters(DEVICES[1][1]) - 1         # the partial cluster the growth fills
+        s0a = [e for e in by_dev_a[2] if e.slots[0][2] + len(e.slots) < last_cluster]
         s0b = by_dev_b[2][:len(s0a)]
         self.assertGreater(len(by_dev_b[2]), len(by_dev_a[2]))
         for ea, eb in zip(s0a, s0b):
@@ -203,7 +203,7 @@ class DedupPropertyTest(support.TempDir, unittest.TestCase):
             self.assertSameExtent(da, ea, db, eb)
         tail_a, tail_b = by_dev_a[2][len(s0a):], by_dev_b[2][len(s0a):]
         self.assertFalse(all(self.extent_bytes(da, ea) == self.extent_bytes(db, eb)
-                             for ea, eb in zip(tail_a, tail_b)), "the grown cell did not change")
+                             for ea, eb in zip(tail_a, tail_b)), "the grown end did not change")
         self.assertEqual(len(by_dev_a[1]), len(by_dev_b[1]))
         for ea, eb in zip(by_dev_a[1], by_dev_b[1]):
             self.assertSameExtent(da, ea, db, eb)

@@ -383,7 +383,7 @@ class WriterProperties(unittest.TestCase):
         self.assertTrue(all(e.block_count == 0 for e in empties))
 
     def test_canonical_v1(self):
-        # the previous canonical layout (FORMAT.md "Version 1 (not canonical any more)")
+        # the previous canonical layout (FORMAT.md "Versions 1 and 2 (not canonical any more)")
         vm = vm_for(7)
         data = F.canonical_archive_v1(vm)
         lay = F.parse_layout(data)
@@ -441,8 +441,8 @@ def _runs(*ranges):
     return {c for a, b in ranges for c in range(a, b)}
 
 
-class CanonicalV2(unittest.TestCase):
-    """The version 2 oracle (FORMAT.md "Canonical form (version 2)"): extent boundaries on
+class CanonicalV3(unittest.TestCase):
+    """The version 3 oracle (FORMAT.md "Canonical form (version 3)"): extent boundaries on
     hand-made disks compared with lists written out by hand."""
 
     CONFIGS = [("qemu-server.conf", b"name: hand\n#qmdump#map:scsi0:drive-scsi0:local:raw:\n")]
@@ -479,7 +479,8 @@ class CanonicalV2(unittest.TestCase):
             zero = {m == 0 for m, _, _ in e.slots}
             self.assertEqual(len(zero), 1, "zero and data clusters mixed in one extent")
             last = first + len(e.slots) - 1
-            self.assertEqual(first // 56, last // 56, "extent crosses a multiple of 56")
+            if zero == {True}:
+                self.assertEqual(first // 59, last // 59, "zero extent crosses a multiple of 59")
             if zero == {False}:
                 self.assertEqual(first // 8, last // 8, "data extent crosses a multiple of 8")
             for m, _, c in e.slots:    # no bit for a block starting at or past the device end
@@ -516,11 +517,11 @@ class CanonicalV2(unittest.TestCase):
             (1, 0, 3),                                      # data 0-2
             (1, 3, 10),                                     # zero 3-12 (crosses 8)
             (1, 13, 3), (1, 16, 8), (1, 24, 6),             # data 13-29 on the 8-grid
-            (1, 30, 26), (1, 56, 6),                        # zero 30-61, cut at 56
+            (1, 30, 29), (1, 59, 3),                        # zero 30-61, cut at 59
             (1, 62, 2), (1, 64, 7),                         # data 62-70, cut at 64
             (1, 71, 1),                                     # a single zero cluster
             (1, 72, 8), (1, 80, 8), (1, 88, 8), (1, 96, 8), (1, 104, 8),   # data 72-111
-            (1, 112, 14),                                   # zero 112-125
+            (1, 112, 6), (1, 118, 8),                       # zero 112-125, cut at 118
             (1, 126, 2), (1, 128, 2),                       # data 126-129, cut at 128
         ])
 
@@ -530,11 +531,22 @@ class CanonicalV2(unittest.TestCase):
                      [_hand_disk(size, {0}), _hand_disk(size, set())])
         data = F.canonical_archive(vm)
         self.assertEqual(self.extents_of(data, vm), [
-            (2, 0, 56), (2, 56, 56), (2, 112, 56), (2, 168, 32),     # an empty disk
-            (1, 0, 1), (1, 1, 55), (1, 56, 56), (1, 112, 56), (1, 168, 32),
+            (2, 0, 59), (2, 59, 59), (2, 118, 59), (2, 177, 23),     # an empty disk
+            (1, 0, 1), (1, 1, 58), (1, 59, 59), (1, 118, 59), (1, 177, 23),
         ])
         lay = F.parse_layout(data)
         self.assertEqual([e.block_count for e in lay.extents[:4]], [0, 0, 0, 0])
+
+    def test_version_2_cut_zero_runs_at_56(self):
+        # the previous layout: the same data extents, zero runs cut at multiples of 56
+        size = 130 * F.CLUSTER
+        vm = self.vm([("drive-scsi0", size)], [_hand_disk(size, _runs((0, 3), (62, 71)))])
+        lay = F.parse_layout(F.canonical_archive_v2(vm))
+        self.assertEqual([(e.slots[0][2], len(e.slots)) for e in lay.extents],
+                         [(0, 3), (3, 53), (56, 6), (62, 2), (64, 7), (71, 41), (112, 18)])
+        self.assertEqual([(c, n) for _, c, n in F.canonical_extents(vm)],
+                         [(0, 3), (3, 56), (59, 3), (62, 2), (64, 7), (71, 47), (118, 12)])
+        F.assert_same_content(self, F.canonical_archive_v2(vm), vm)
 
     def test_alternating_clusters(self):
         # every cluster flips between data and zero: one extent per cluster

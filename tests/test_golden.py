@@ -1,5 +1,6 @@
-"""The format by example: tests/golden/canonical-v2.vma, a small canonical archive committed to the
-repository, explained byte by byte (FORMAT.md).
+"""The format by example: tests/golden/canonical-v3.vma, a small canonical archive committed to the
+repository, explained byte by byte (FORMAT.md).  tests/golden/canonical-v2.vma is the same VM in
+the previous canonical form (version 2): a valid archive that is not canonical any more.
 
 The file was written once by the fixture's independent codec (`vmafixture.canonical_archive`) from
 GOLDEN_VM below and is never regenerated silently: a change to it is a change of the format rules
@@ -18,19 +19,21 @@ import unittest
 import support
 import vmafixture as vf
 
-GOLDEN = os.path.join(support.TESTS_DIR, "golden", "canonical-v2.vma")
+GOLDEN = os.path.join(support.TESTS_DIR, "golden", "canonical-v3.vma")
+GOLDEN_V2 = os.path.join(support.TESTS_DIR, "golden", "canonical-v2.vma")
 BLOCK, CLUSTER = 4096, 65536
 
 CONF = (b"name: golden\n#qmdump#map:scsi0:drive-scsi0:local-lvm:raw:\n"
         b"#qmdump#map:efidisk0:drive-efidisk0:local-lvm:raw:\n")
 SIZE0 = 9 * CLUSTER + BLOCK + 512            # 10 clusters; the last one holds 4608 bytes
-SIZE1 = 2 * CLUSTER                          # 2 all-zero clusters
+SIZE1 = 60 * CLUSTER                         # 60 all-zero clusters
 
 
 def golden_vm():
     """drive-scsi0: cluster 0 has one non-zero block (block 2), cluster 1 is full of 0x11,
     clusters 2..8 are zero, cluster 9 has a full block 0 and 512 bytes of block 1 (the
-    device end falls inside it); drive-efidisk0 is all zero."""
+    device end falls inside it); drive-efidisk0 is all zero (60 clusters: one more than an
+    extent holds)."""
     disk0 = bytearray(SIZE0)
     disk0[2 * BLOCK:3 * BLOCK] = b"\xaa" * BLOCK
     disk0[CLUSTER:2 * CLUSTER] = b"\x11" * CLUSTER
@@ -39,8 +42,8 @@ def golden_vm():
                  [("drive-scsi0", SIZE0), ("drive-efidisk0", SIZE1)], [disk0, bytearray(SIZE1)])
 
 
-def read_golden():
-    with open(GOLDEN, "rb") as f:
+def read_golden(path=GOLDEN):
+    with open(path, "rb") as f:
         return f.read()
 
 
@@ -66,7 +69,7 @@ class GoldenArchiveTest(unittest.TestCase):
 
     def test_1_fixed_part(self):
         d = self.data
-        self.assertEqual(len(d), 12800 + 4 * 512 + 19 * BLOCK)        # header, 4 extents, 19 blocks
+        self.assertEqual(len(d), 12800 + 5 * 512 + 19 * BLOCK)        # header, 5 extents, 19 blocks
         self.assertEqual(self.field("4s", 0), (b"VMA\0",))                  # magic
         self.assertEqual(self.field(">I", 4), (1,))                         # version
         self.assertEqual(self.field("16s", 8), (bytes.fromhex("12345678aabbccddeeffaabbccddeeff"),))
@@ -103,7 +106,7 @@ class GoldenArchiveTest(unittest.TestCase):
             offset += 2 + len(blob)
         # the rest of the 512-byte allocation up to 12800 is zero (last test)
 
-    # -- the extents (FORMAT.md "Extents", "Canonical form (version 2)") ----------------------
+    # -- the extents (FORMAT.md "Extents", "Canonical form (version 3)") ----------------------
 
     def extent(self, offset, block_count, slots):
         """Check one extent header: magic, reserved, block count, uuid, MD5, the used slots
@@ -122,9 +125,10 @@ class GoldenArchiveTest(unittest.TestCase):
 
     def test_4_extents(self):
         d = self.data
-        # device 2 (drive-efidisk0) first: devices in descending dev_id order.  Its two zero
-        # clusters are one zero-run extent of mask-0 entries with no data.
-        at = self.extent(12800, 0, [(0, 2, 0), (0, 2, 1)])
+        # device 2 (drive-efidisk0) first: devices in descending dev_id order.  Its 60 zero
+        # clusters are zero-run extents of mask-0 entries with no data, cut at cluster 59
+        at = self.extent(12800, 0, [(0, 2, c) for c in range(59)])
+        at = self.extent(at, 0, [(0, 2, 59)])
         # device 1, clusters 0 and 1: a data extent (it stops before the zero cluster 2).
         # Cluster 0 stores only its non-zero block 2 (mask 0x0004), cluster 1 all 16 blocks.
         at = self.extent(at, 1 + 16, [(0x0004, 1, 0), (0xFFFF, 1, 1)])
@@ -134,7 +138,8 @@ class GoldenArchiveTest(unittest.TestCase):
         self.assertEqual(d[at:at + 16 * BLOCK], b"\x11" * CLUSTER)
         self.claim(at, CLUSTER)
         at += CLUSTER
-        # clusters 2..8: one zero-run extent; it crosses the multiple of 8 (zero runs may)
+        # clusters 2..8: one zero-run extent; it crosses the multiple of 8 (zero runs may, only
+        # multiples of 59 cut them)
         at = self.extent(at, 0, [(0, 1, c) for c in range(2, 9)])
         # cluster 9: a data extent (9 is not a multiple of 8, but 8 is zero).  Blocks 0 and 1;
         # block 1 holds the last 512 bytes of the device, the rest of it is zero.
@@ -175,11 +180,30 @@ class GoldenProducersTest(support.ScratchCase):
         self.assertOk(r)
         self.assertIn(b'"canonical": true', r.stdout)
 
+    def test_version_2_file_is_rewritten(self):
+        """The same VM in canonical form version 2 (zero runs cut at multiples of 56): a valid
+        archive, not canonical any more (its extent layout); optimize in place rewrites it into
+        the golden bytes."""
+        v2 = read_golden(GOLDEN_V2)
+        self.assertTrue(bytes(vf.canonical_archive_v2(golden_vm())) == v2,
+                        "the fixture's version 2 writer no longer writes canonical-v2.vma")
+        self.assertNotEqual(v2, read_golden())
+        r = support.run_tool("info", "--json", GOLDEN_V2)
+        self.assertOk(r)
+        self.assertIn(b'"canonical": false', r.stdout)
+        self.assertIn(b'"not_canonical": [\n    "extent layout"\n  ]', r.stdout)
+        path = self.put("v2.vma", v2)
+        r = support.run_tool("optimize", path)
+        self.assertOk(r)
+        self.assertIn(b"optimized", r.stdout)
+        self.assertTrue(self.read(path) == read_golden(), "optimize in place of the v2 file")
+
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--regenerate"]:
         os.makedirs(os.path.dirname(GOLDEN), exist_ok=True)
         vf.canonical_archive(golden_vm(), GOLDEN)
-        print("wrote", GOLDEN)
+        vf.canonical_archive_v2(golden_vm(), GOLDEN_V2)
+        print("wrote", GOLDEN, GOLDEN_V2)
     else:
         unittest.main()

@@ -3,7 +3,7 @@ stdin/stdout, in place (atomic, untouched when canonical), DST == SRC refusal,
 fault injection (RLIMIT_FSIZE, SIGTERM/SIGINT), invalid inputs, -u/--add.
 
 The canonical form is checked three ways: against an independent canonical
-writer in this file (built from FORMAT.md "Canonical form (version 2)" only), structurally (via
+writer in this file (built from FORMAT.md "Canonical form (version 3)" only), structurally (via
 vmafixture.parse_layout and a raw walk), and by content (vmafixture.restore).
 """
 import gzip
@@ -41,7 +41,7 @@ MIB = 1024 * 1024
 
 
 def canonical_for_vm(vm, dev_ids=None, configs=None):
-    """The canonical form (FORMAT.md, "Canonical form (version 2)") by the fixture's independent
+    """The canonical form (FORMAT.md, "Canonical form (version 3)") by the fixture's independent
     writer, optionally with other dev_ids or configs."""
     if dev_ids is not None or configs is not None:
         vm = vf.VM(vm.ctime, vm.configs if configs is None else configs, vm.devices, vm.disks,
@@ -277,7 +277,7 @@ class CanonicalDeterminismTest(TmpMixin, unittest.TestCase):
                     for c in range(-(-size // CLUSTER))]
         self.assertEqual(seq, want_seq)
         self.assertEqual(list(per_dev), sorted(vm.dev_ids, reverse=True))
-        # extents cut exactly as the canonical layout says (cells of 56, zero runs, 8-grid)
+        # extents cut exactly as the canonical layout says (zero runs on the 59-grid, data on the 8-grid)
         got = [(e[3][0] >> 32 & 0xFF, e[3][0] & 0xFFFFFFFF, len([s for s in e[3] if s])) for e in exts]
         self.assertEqual(got, [tuple(x) for x in vf.canonical_extents(vm)])
 

@@ -1,7 +1,7 @@
 """Tests for `vma-tool pack DIR DST|-`.
 
 The expected archive is always computed by the independent fixture writer: pack output must be the
-canonical form (FORMAT.md "Canonical form (version 2)"), i.e. byte-identical to
+canonical form (FORMAT.md "Canonical form (version 3)"), i.e. byte-identical to
 vmafixture.canonical_archive() of the expected VM.
 """
 import datetime

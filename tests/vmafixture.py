@@ -21,21 +21,28 @@ Extra helpers:
     VM.contents()             (configs, {name: bytes}) in the same shape restore() returns
     VM.copy()                 deep copy (in-memory disks are copied)
     canonical_archive(vm, dest=None) -> int | bytes
-                              the canonical form, version 2 (FORMAT.md "Canonical form (version 2)";
-                              what `vma-tool optimize` and `pack` write): uuid CANONICAL_UUID, header
-                              as build_header, devices in descending dev_id order, each device's
-                              clusters ascending, zero blocks never stored, tail past the device end
-                              zeroed; extent boundaries at cluster 0, every multiple of 56, every
-                              change between zero (mask 0) and data clusters, and every multiple of 8
-                              that is a data cluster; header + one empty extent when diskless.
+                              the canonical form, version 3 (FORMAT.md "Canonical form (version 3)";
+                              what `vma-tool optimize` and `pack` write, uncompressed): uuid
+                              CANONICAL_UUID, header as build_header, devices in descending dev_id
+                              order, each device's clusters ascending, zero blocks never stored, tail
+                              past the device end zeroed; extent boundaries at cluster 0, every
+                              change between zero (mask 0) and data clusters, every multiple of 59
+                              that is a zero cluster and every multiple of 8 that is a data cluster;
+                              header + one empty extent when diskless.
+    framed_zstd(plain, compress) -> bytes
+                              the compressed form of a canonical archive (FORMAT.md "The compressed
+                              form"), each frame compressed by compress(bytes) -> one zstd frame
     canonical_extents(vm) -> [(dev_id, first cluster, cluster count)]
                               the extents of canonical_archive(vm), in file order
+    canonical_archive_v2(vm, dest=None)
+                              the previous canonical form (version 2, not canonical any more): as
+                              version 3, but zero runs cut at every multiple of 56 clusters
     canonical_archive_v1(vm, dest=None)
-                              the previous canonical form (version 1, not canonical any more):
+                              the first canonical form (version 1, not canonical any more):
                               ascending dev_id, 59 clusters per extent, new extent at each device
     CANONICAL_UUID            bytes of 12345678-aabb-ccdd-eeff-aabbccddeeff
-    CANONICAL_CELL, CANONICAL_GRID
-                              56 and 8 (clusters): the version 2 extent boundary rule
+    CANONICAL_ZERO_SPAN, CANONICAL_GRID, CANONICAL_CELL
+                              59, 8 and 56 (clusters): the extent boundary rules (56: version 2)
     contents_diff(expected, actual) -> None or a short text naming the first difference
                               (expected/actual: VM or (configs, disks) tuples)
     assert_same_content(testcase, archive_or_contents, vm)
@@ -757,7 +764,7 @@ def _block_probe(data):
 
 
 def canonical_archive_v1(vm, dest=None):
-    """The previous canonical form (version 1, FORMAT.md "Version 1 (not canonical any more)"):
+    """The previous canonical form (version 1, FORMAT.md "Versions 1 and 2 (not canonical any more)"):
     CANONICAL_UUID, ascending dev_id / cluster order, 59 clusters per extent, new extent at each
     device, zero blocks never stored, tail zeroed.  A valid archive that is no longer canonical."""
     return write_archive(vm, dest, order="sequential", per_extent=59, uuid=CANONICAL_UUID,
@@ -765,10 +772,11 @@ def canonical_archive_v1(vm, dest=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# Canonical form, version 2 (FORMAT.md "Canonical form (version 2)")
+# Canonical form, version 3 (FORMAT.md "Canonical form (version 3)")
 
-CANONICAL_CELL = 56    # a new extent at every multiple of 56 clusters (7 x CANONICAL_GRID)
+CANONICAL_ZERO_SPAN = 59   # zero-run extents end at every multiple of 59 clusters
 CANONICAL_GRID = 8     # data extents end at every multiple of 8 clusters
+CANONICAL_CELL = 56    # version 2 only: a new extent at every multiple of 56 clusters
 
 
 def _canonical_cluster(chunk):
@@ -791,13 +799,20 @@ def _canonical_cluster(chunk):
 
 
 def _canonical_starts_here(c, zero, prev_zero):
-    """True iff a version 2 extent starts at cluster c (zero: mask(c) == 0; prev_zero: of c-1)."""
+    """True iff a version 3 extent starts at cluster c (zero: mask(c) == 0; prev_zero: of c-1)."""
+    return (c == 0 or zero != prev_zero
+            or (c % CANONICAL_ZERO_SPAN == 0 if zero else c % CANONICAL_GRID == 0))
+
+
+def _canonical_v2_starts_here(c, zero, prev_zero):
+    """True iff a version 2 extent starts at cluster c."""
     return (c == 0 or c % CANONICAL_CELL == 0 or zero != prev_zero
             or (c % CANONICAL_GRID == 0 and not zero))
 
 
-def _canonical_device_extents(disk, size):
-    """Yield the version 2 extents of one device: lists of (cluster, mask, blocks)."""
+def _canonical_device_extents(disk, size, starts_here=_canonical_starts_here):
+    """Yield the extents of one device (version 3, or as starts_here says): lists of
+    (cluster, mask, blocks)."""
     rd = _DiskReader(disk, size)
     try:
         cur = []
@@ -805,7 +820,7 @@ def _canonical_device_extents(disk, size):
         for c in range(_nclusters(size)):
             mask, blocks = _canonical_cluster(rd.cluster(c))
             zero = mask == 0
-            if cur and _canonical_starts_here(c, zero, prev_zero):
+            if cur and starts_here(c, zero, prev_zero):
                 yield cur
                 cur = []
             cur.append((c, mask, blocks))
@@ -834,16 +849,27 @@ def canonical_extents(vm):
 
 
 def canonical_archive(vm, dest=None):
-    """The canonical form, version 2 (FORMAT.md "Canonical form (version 2)"), i.e. exactly what
-    `vma-tool optimize` and `pack` write for vm.  dest: path, binary file object or None.
-    Returns the number of bytes written, or the archive bytes when dest is None.
+    """The canonical form, version 3 (FORMAT.md "Canonical form (version 3)"), i.e. exactly what
+    `vma-tool optimize` and `pack` write for vm, uncompressed.  dest: path, binary file object or
+    None.  Returns the number of bytes written, or the archive bytes when dest is None.
 
     uuid CANONICAL_UUID; header as build_header (configs in slot order, then device names by
     dev_id, ctime kept); devices in descending dev_id order; in each device clusters 0..n-1 once
     each; zero 4 KiB blocks never stored (an all-zero cluster is a mask-0 entry); bytes past the
     device end zero, blocks starting at/past it never stored.  A new extent starts at cluster c iff
-    c == 0, c % 56 == 0, zero(c) != zero(c-1), or (c % 8 == 0 and not zero(c)), where zero(c) means
-    mask 0.  No devices: the header and one empty extent."""
+    c == 0, zero(c) != zero(c-1), or c is a multiple of 59 (zero(c)) or of 8 (not zero(c)), where
+    zero(c) means mask 0.  No devices: the header and one empty extent."""
+    return _write_canonical(vm, dest, _canonical_starts_here)
+
+
+def canonical_archive_v2(vm, dest=None):
+    """The previous canonical form (version 2, not canonical any more): as canonical_archive but
+    a new extent at cluster c iff c == 0, c % 56 == 0, zero(c) != zero(c-1), or (c % 8 == 0 and
+    not zero(c))."""
+    return _write_canonical(vm, dest, _canonical_v2_starts_here)
+
+
+def _write_canonical(vm, dest, starts_here):
     order = _canonical_device_order(vm)
     header = build_header(vm.ctime, vm.configs,
                           [(vm.dev_ids[i], d.name, d.size) for i, d in enumerate(vm.devices)],
@@ -855,7 +881,7 @@ def canonical_archive(vm, dest=None):
             out.write(_extent_header(CANONICAL_UUID, [], 0))
         for di in order:
             dev_id = vm.dev_ids[di]
-            for ext in _canonical_device_extents(vm.disks[di], vm.devices[di].size):
+            for ext in _canonical_device_extents(vm.disks[di], vm.devices[di].size, starts_here):
                 slots = [(mask, dev_id, c) for c, mask, _ in ext]
                 blocks = [b for _, _, bl in ext for b in bl]
                 out.write(_extent_header(CANONICAL_UUID, slots, len(blocks)))
@@ -863,6 +889,41 @@ def canonical_archive(vm, dest=None):
     finally:
         out.close()
     return out.result()
+
+
+# ---------------------------------------------------------------------------------------------
+# The compressed form (FORMAT.md "The compressed form")
+
+CUT_MARK = b"\x50\x2a\x4d\x18" + b"\x40\x00\x00\x00" + bytes(64)   # skippable frame, 64 zero bytes
+MARK_SPACING = 16      # clusters: a cut mark before every extent that starts at a multiple of this
+
+
+def framed_units(plain):
+    """Yield (needs a cut mark before it, bytes) of each unit of a plain canonical archive: the
+    header, then every extent (its 512-byte header and its data)."""
+    header_size = struct.unpack_from(">I", plain, 56)[0]
+    yield False, plain[:header_size]
+    pos = header_size
+    while pos < len(plain):
+        block_count = struct.unpack_from(">H", plain, pos + 6)[0]
+        end = pos + 512 + block_count * BLOCK
+        first = struct.unpack_from(">Q", plain, pos + 40)[0]
+        dev_id, cluster = first >> 32 & 0xFF, first & 0xFFFFFFFF
+        yield dev_id != 0 and cluster % MARK_SPACING == 0, plain[pos:end]
+        pos = end
+    if pos != len(plain):
+        raise ValueError("the plain archive ends inside an extent")
+
+
+def framed_zstd(plain, compress):
+    """The compressed form of a plain canonical archive: every unit of framed_units as one frame
+    by compress(bytes) -> bytes, CUT_MARK before the units that need one."""
+    out = []
+    for mark, unit in framed_units(bytes(plain)):
+        if mark:
+            out.append(CUT_MARK)
+        out.append(compress(unit))
+    return b"".join(out)
 
 
 # ---------------------------------------------------------------------------------------------
