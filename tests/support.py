@@ -21,6 +21,7 @@
     fixture_vm(seed), fixture_archive(seed)
                           cached vmafixture.make_vm(seed) / its archive (write_archive, same seed).
     first_diff(a, b)      offset of the first differing byte (len of the shorter if one is a prefix).
+    pid_alive(pid)        is process pid running?
     write_unpacked_dir(vm, path)
                           the directory unpack produces (and pack reads): <config>, disk-<device>.raw.
     parse_size(text)      "512M", "2G", "1.5GiB", "4096" -> bytes (benchmarks' size variables).
@@ -137,6 +138,17 @@ def sha256_file(path):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def pid_alive(pid):
+    """Is process pid running (as far as this host can tell)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def error_lines(text):

@@ -47,16 +47,6 @@ def _archive():
     return support.cached(("test_outputs", "archive"), lambda: bytes(vf.write_archive(_vm(), None, seed=3)))
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class OutputsCase(support.ScratchCase):
     TMP_PREFIX = "vmatest-outputs-"
 
@@ -113,7 +103,7 @@ class StaleTemporariesTest(OutputsCase):
 
     def setUp(self):
         super().setUp()
-        if _pid_alive(999999):
+        if support.pid_alive(999999):
             self.skipTest("pid 999999 is running here")
 
     def name(self, host, pid, final="x.vma"):
@@ -169,7 +159,7 @@ class HookTest(OutputsCase):
     on stdout; the notice on stderr)."""
 
     def test_hook_removes_stale_temporaries(self):
-        if _pid_alive(999999):
+        if support.pid_alive(999999):
             self.skipTest("pid 999999 is running here")
         dump = "vzdump-qemu-100-2026_12_04-01_00_00.vma"
         self.write("dump/" + dump, _archive())

@@ -96,16 +96,6 @@ def _cut_archive():
     return support.cached(("test_safety", "cut"), lambda: _archive()[:len(_archive()) // 2 + 1000])
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _text(b):
     return (b or b"").decode("utf-8", "replace")
 
@@ -769,7 +759,7 @@ class StaleTempTest(SafetyCase):
     once; the unpack itself is unchanged.  (More cases in test_outputs.py.)"""
 
     def setUp(self):
-        if _pid_alive(999999):
+        if support.pid_alive(999999):
             self.skipTest("pid 999999 is running here")
         self.stale = ".disk-drive-scsi0.raw.vma-tool-%s-999999-abcdef.tmp" % getattr(
             support.load_tool_module(), "HOST_TAG", os.uname().nodename.split(".")[0])
