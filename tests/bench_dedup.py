@@ -30,8 +30,9 @@ Variants (rows; --variants picks some):
   optimized     vma-tool optimize (P, the reference of the compressed forms)
   + compressed: original .vma.zst as vzdump writes it (zstd --rsyncable), optimized archives
                 recompressed with zstd --rsyncable (today's form), and `vma-tool optimize
-                a.vma.zst out.vma.zst` (the tool decompresses and compresses itself; when its
-                output holds zstd skippable frames the report says it is vma-tool's framed form)
+                a.vma.zst out.vma.zst` (a.vma when the original .zst row is not measured: the
+                tool compresses itself; when its output holds zstd skippable frames the report
+                says it is vma-tool's framed form, e.g. with VMA_TOOL or --tool naming it)
   framed .zst   the optimized archive as independent zstd level-3 frames, made here (libzstd
                 through ctypes, else one zstd process per frame): the header one frame, one
                 frame per extent, and a skippable frame of 64 zero bytes (magic 0x184D2A50) as a
@@ -105,7 +106,7 @@ LABELS = {"raw": "raw disks", "original": "original .vma", "ordered only":
           "ordered only (random uuid)", "optimized": "optimized .vma",
           "original .zst": "original .vma.zst",
           "optimized .zst": "optimized .vma.zst (zstd --rsyncable -3: today's form)",
-          "optimized .zst (vma-tool)": "optimized .vma.zst (vma-tool .zst -> .zst)",
+          "optimized .zst (vma-tool)": "optimized .vma.zst (vma-tool's own)",
           "framed .zst": "framed .vma.zst (frame per extent, marks per 16 clusters)",
           "framed .zst /8": "framed .vma.zst, marks per 8 clusters",
           "framed .zst /32": "framed .vma.zst, marks per 32 clusters",
@@ -597,19 +598,20 @@ def day_files(wdir, tag, vm, paths, archive_seed, uuid, notes, want=VARIANTS):
             replace_uuid(out["ordered only"], uuid)
     if have("zstd"):
         za = orig + ".zst"
-        if any(v in want for v in ("original .zst", "optimized .zst (vma-tool)")):
-            zstd(orig, za)
         if "original .zst" in want:
+            zstd(orig, za)
             out["original .zst"] = za
         if opt and "optimized .zst" in want:
             out["optimized .zst"] = opt + ".zst"
             zstd(opt, out["optimized .zst"])
         if opt and "optimized .zst (vma-tool)" in want:
-            # the user's path: vma-tool reads the .vma.zst and writes .vma.zst itself
+            # vma-tool compresses itself: the user's path .vma.zst -> .vma.zst where the
+            # original .vma.zst is made anyway, else .vma -> .vma.zst (same output bytes)
             zt = os.path.join(wdir, tag + "-tool-opt.vma.zst")
-            r = vma_tool("optimize", "-q", za, zt)
+            src = za if "original .zst" in want else orig
+            r = vma_tool("optimize", "-q", src, zt)
             if r.returncode != 0:
-                notes.append("vma-tool optimize %s .zst -> .zst failed (exit %d): %s" % (
+                notes.append("vma-tool optimize %s -> .zst failed (exit %d): %s" % (
                     tag, r.returncode, r.stderr.decode("utf-8", "replace").strip()[:200]))
             else:
                 out["optimized .zst (vma-tool)"] = zt
