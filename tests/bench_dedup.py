@@ -744,8 +744,8 @@ def build_model(name, wdir, size, seed, notes):
                                           zip(col.paths_a, col.paths_b)))))
     configs = vmafixture.default_configs(seed, columns[0].devices)
     vm_a = vmafixture.VM(1700000000, configs, columns[0].devices, columns[0].paths_a)
-    side_a = day_files(wdir, "a", vm_a, columns[0].paths_a, seed * 100 + 1, rng.randbytes(16), notes,
-                       SELECTED)
+    side_a = day_files(wdir, "a", vm_a, columns[0].paths_a, seed * 100 + 1, rng.randbytes(16),
+                       notes, SELECTED)
     sides = {}
     for i, col in enumerate(columns):
         vm_b = vmafixture.VM(1700000000 + DAY + 37, configs, col.devices, col.paths_b)
@@ -981,6 +981,9 @@ def compressed_table(col, tools, results):
     def today(v):
         return "optimized .gz" if v.endswith(".gz") else "optimized .zst"
 
+    def mean(x):
+        return sum(x) / len(x) if x else None
+
     head = ["%s: b's form" % col.name, "size", "vs today"]
     for n in names:
         if n.startswith("restic"):
@@ -1000,7 +1003,6 @@ def compressed_table(col, tools, results):
         for n in names:
             rp = ratios(v, "optimized", n)
             rt = ratios(v, today(v), n) if v != "optimized" else []
-            mean = (lambda x: sum(x) / len(x) if x else None)
             if n == "borg":
                 d = results.get((col.name, v, n))
                 line.append("%.0f" % (d / MiB) if d is not None else "-")

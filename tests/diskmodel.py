@@ -794,7 +794,8 @@ def build_ext4(workdir, disk_size, seed, log=lambda *a: None, fraction=0.01, hos
             old = read_tree(p)
             r = rng.random()
             if kind in ("bin", "lib", "pyc"):      # rebuilt: a quarter of the blocks unchanged
-                c = bytearray(tree.regen(kind, rng, max(1, int(len(old) * rng.uniform(0.97, 1.05)))))
+                new_len = max(1, int(len(old) * rng.uniform(0.97, 1.05)))
+                c = bytearray(tree.regen(kind, rng, new_len))
                 for o in range(0, min(len(c), len(old)) - BLOCK, BLOCK):
                     if rng.random() < 0.25:
                         c[o:o + BLOCK] = old[o:o + BLOCK]
