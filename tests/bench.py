@@ -17,6 +17,11 @@ with zstd, and times in one run, each figure next to the floor it is compared to
   the same with --memory 0 (all waiting clusters in the scratch file), scratch <= 5 %
   optimize x.vma.zst y.vma.zst               time <= 1.15 x the zstd | zstd pipeline
   zstd -dc x.vma.zst | optimize - - | zstd --rsyncable -o y.vma.zst   (ratio to the same floor)
+  optimize x.vma.zst y.vma.zst and optimize in place of a .vma.zst, each with --threads 1 and
+          at all cores (the CPU count is in the row name): time <= 1.0 x the bare pipeline
+          `zstd -dc | zstd --rsyncable` + sync at the same thread count (zstd -T0 for all cores);
+          the four compressed outputs must be the same bytes (skipped, with a note, when
+          vma-tool's optimize has no --threads)
   unpack from a file and from a pipe        x cp+sync no worse than a BENCH_BASELINE run
   pack (time <= 2 x cp -r images), verify, info
 
@@ -426,7 +431,10 @@ def umount(path):
 #   ("size", BYTES, FRAC)    the output size (res["size"]) within FRAC of BYTES
 
 FLOOR_LABEL = {"cp archive + sync": "cp+sync", "cp -r images": "cp -r images",
-               "zstd -dc | zstd --rsyncable": "zstd|zstd"}
+               "zstd -dc | zstd --rsyncable": "zstd|zstd",
+               "zstd -dc | zstd --rsyncable + sync": "zstd|zstd + sync",
+               "zstd -dc | zstd -T0 --rsyncable (%d cores) + sync" % (os.cpu_count() or 1):
+               "zstd|zstd -T0 + sync"}
 
 
 def target_text(t, asize):
@@ -639,12 +647,16 @@ def main():
             q(imgdir), q(imgcopy), q(imgcopy)), shell=True, cleanup=lambda: rm(imgcopy)),
             isize, "cp -r images")
         zfloor = "zstd -dc -q %s | zstd --rsyncable -q -f -o %s" % (q(xzst), q(yzst))
+        zfloor_all = "zstd -dc -q %s | zstd -T0 --rsyncable -q -f -o %s" % (q(xzst), q(yzst))
         if have_zstd:
             add("zstd -dc | zstd --rsyncable", R.measure(zfloor, shell=True, cleanup=rmy),
                 asize, "cp")
             # like with like: vma-tool fsyncs what it writes, the bare pipeline does not
             add("zstd -dc | zstd --rsyncable + sync", R.measure(
                 "%s && sync %s" % (zfloor, q(yzst)), shell=True, cleanup=rmy), asize, "cp")
+            # the pipeline at all cores (zstd -T0), the floor of the multi-threaded rows below
+            add(ZFLOOR_ALL + " + sync", R.measure(
+                "%s && sync %s" % (zfloor_all, q(yzst)), shell=True, cleanup=rmy), asize, "cp")
         else:
             add("zstd -dc | zstd --rsyncable", {"status": "skipped", "detail": "no zstd"},
                 asize, "cp")
@@ -727,6 +739,12 @@ def main():
                 shell=True, env=big_env, watch=measured,
                 after=check_output("zstd | optimize | zstd", yzst, True), cleanup=rmy),
                 asize, "cp", [("vs", "zstd -dc | zstd --rsyncable")])
+
+        # .vma.zst -> .vma.zst and in place at 1 thread and at all cores, each against the bare
+        # pipeline + sync at the same thread count (paired); every output must be the same bytes
+        if have_zstd:
+            add_thread_rows(R, add, tool_has_threads(), xzst, yzst, asize, big_mnt, big_env,
+                            measured, check_output, failures, tmp)
 
         # --- unpack, pack, verify, info
         unpack_ok = {}
@@ -849,6 +867,62 @@ def spread(res):
     if len(t) < 2 or not res["sec"]:
         return "-"
     return "%.0f%%" % (100.0 * (max(t) - min(t)) / res["sec"])
+
+
+NCPU = os.cpu_count() or 1
+ZFLOOR_ALL = "zstd -dc | zstd -T0 --rsyncable (%d cores)" % NCPU
+
+
+def tool_has_threads():
+    """True if this vma-tool's optimize takes --threads N."""
+    r = subprocess.run(tool("optimize", "--help"), stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, universal_newlines=True)
+    return "--threads" in r.stdout
+
+
+def add_thread_rows(R, add, has_threads, xzst, yzst, asize, big_mnt, big_env, measured,
+                    check_output, failures, tmp):
+    """Rows: optimize x.vma.zst y.vma.zst and optimize in place of a .vma.zst, with --threads 1
+    and at all cores (no --threads), time <= 1.0 x the bare zstd -dc | zstd --rsyncable
+    pipeline + sync at the same thread count (paired).  The compressed outputs of all four
+    must be byte-identical (the output may not depend on the thread count).  Skipped with a
+    note when vma-tool has no --threads."""
+    q = shlex.quote
+    y2 = os.path.join(tmp, "floor-threads.vma.zst")
+    floors = {1: ("zstd -dc | zstd --rsyncable + sync", "zstd -dc -q %s | zstd --rsyncable -q -f "
+                  "-o %s && sync %s" % (q(xzst), q(y2), q(y2)), True, lambda: rm(y2)),
+              NCPU: (ZFLOOR_ALL + " + sync", "zstd -dc -q %s | zstd -T0 --rsyncable -q -f -o %s "
+                     "&& sync %s" % (q(xzst), q(y2), q(y2)), True, lambda: rm(y2))}
+    inplace = os.path.join(tmp, "inplace.vma.zst")
+    first = os.path.join(tmp, "threads-first.vma.zst")
+    for threads, label in ((1, "--threads 1"), (NCPU, "all %d cores" % NCPU)):
+        opt = ["--threads", "1"] if threads == 1 else []
+        floor = floors[threads]
+        targets = [("time", floor[0], 1.0)]
+        for name, path in (("optimize x.vma.zst y.vma.zst, %s" % label, yzst),
+                           ("optimize in place x.vma.zst, %s" % label, inplace)):
+            if not has_threads:
+                add(name, {"status": "skipped", "detail": "this vma-tool has no --threads"},
+                    asize, "cp", targets)
+                continue
+            if path == yzst:
+                cmd = tool("optimize", "-q", *opt, "--tmpdir", big_mnt, xzst, yzst)
+                prepare = None
+            else:
+                cmd = tool("optimize", "-q", *opt, "--tmpdir", big_mnt, inplace)
+                prepare = (lambda: (rm(inplace), shutil.copyfile(xzst, inplace)))
+
+            def after(name=name, path=path):
+                check_output(name, path, True)()
+                if not os.path.exists(first):
+                    shutil.copyfile(path, first)
+                elif not same_file(path, first):
+                    failures.append("%s: compressed output differs from the first thread row's "
+                                "(it may not depend on the thread count)" % name)
+            add(name, R.measure(cmd, env=big_env, watch=measured, prepare=prepare, after=after,
+                                cleanup=lambda path=path: rm(path), pair=floor),
+                asize, "cp", targets)
+    rm(first)
 
 
 def print_report(markdown, rows, size, asize, isize, runs, vm, floor_kib, baseline, tolerance,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Deduplication benchmark for vma-tool (run by `make bench-dedup`).
 
-Measures how much a backup tool has to store for day 2 of a VM once day 1 is stored, for two
+Measures how much a backup tool has to store for day 2 of a VM once day 1 is stored, for three
 disk models, each written as two Proxmox-like archives a.vma / b.vma with the fixture writer
 (different uuid, ctime and cluster disorder):
 
@@ -13,38 +13,59 @@ disk models, each written as two Proxmox-like archives a.vma / b.vma with the fi
               generated tree of packages, a database, logs, an apt cache; day 2 with debugfs -w:
               packages upgraded, installed and removed, database pages rewritten in place, logs
               grown); free space zero.  A second column, "ext4 old data", is the same day 2 with
-              the freed blocks keeping their old data (a guest without discard).  Skipped when
-              mke2fs, debugfs or dumpe2fs (e2fsprogs) is missing.
+              the freed blocks keeping their old data (a guest without discard; --no-old-data
+              leaves it out).  Skipped when mke2fs, debugfs or dumpe2fs (e2fsprogs) is missing.
+  usr         the ext4 model with /usr made of copies of this host's own /usr files (Python's
+              library, binaries, libraries, documentation; diskmodel.HostTree): data that
+              compresses like a real system disk (about 2 : 1 with zstd -3, where the other two
+              compress about 1.25 : 1); upgrades rewrite files with other host files.  Its
+              figures depend on the host's /usr.
 
-Variants (rows):
+Variants (rows; --variants picks some; the default leaves out the /8 and /32 spacings):
 
   raw           the disk images themselves (concatenated; the floor)
   original      the archives as Proxmox writes them
   ordered only  canonical order but a random uuid per archive (vma-tool optimize, then the uuid
                 replaced in the header and every extent header, MD5s fixed)
-  optimized     vma-tool optimize
+  optimized     vma-tool optimize (P, the reference of the compressed forms)
   + compressed: original .vma.zst as vzdump writes it (zstd --rsyncable), optimized archives
-                recompressed with zstd --rsyncable, and `vma-tool optimize a.vma.zst
-                out.vma.zst` (the tool decompresses and compresses itself; skipped without zstd;
-                not measured again when its files are identical to the previous row's)
+                recompressed with zstd --rsyncable (today's form), and `vma-tool optimize
+                a.vma.zst out.vma.zst` (a.vma when the original .zst row is not measured: the
+                tool compresses itself; when its output holds zstd skippable frames the report
+                says it is vma-tool's framed form, e.g. with VMA_TOOL or --tool naming it)
+  framed .zst   the optimized archive as independent zstd level-3 frames, made here (libzstd
+                through ctypes, else one zstd process per frame): the header one frame, one
+                frame per extent, and a skippable frame of 64 zero bytes (magic 0x184D2A50) as a
+                cut mark before the first extent of each device and before every extent holding
+                a cluster that is a multiple of 16 (rows /8 and /32: other mark spacings)
+  optimized .gz gzip --rsyncable -6 -n of the optimized archive (today's .vma.gz)
+  framed .gz    one gzip member (zlib, level 6) per piece as above, the marks as 64 zero bytes in
+                the FEXTRA field of the marked pieces' members
+  Every compressed variant is skipped when its program (zstd, gzip) is missing.
 
-Tools: restic (fresh repo per measurement, chunker parameters copied from one template repo so
-all repos cut chunks alike, compression off), borg (init --encryption none, create
+Tools: restic (fresh repo per measurement, chunker parameters copied from a template repo so
+all repos of one template cut chunks alike), borg (init --encryption none, create
 --compression none), rdiff (signature of a, delta of b).  For restic and borg the delta is the
-growth of the repository from backing up b.  A tool that is not installed is skipped with a note
-(Debian: apt-get install restic borgbackup rdiff zstd e2fsprogs).  Measurements run in parallel
-(--jobs).  The table shows each delta as a ratio to the raw images' delta of the same tool and
-column.
+growth of the repository from backing up b.  restic runs with --compression auto (what users
+run; column "restic") and off ("restic off"), each with several chunker templates (--restic,
+default auto:3,off:1): restic picks a random chunker polynomial per repository and its
+figures move by tens of percent from one to the next, so the report gives the mean over the
+templates and, for the compressed forms, the spread.  A tool that is not installed is skipped
+with a note (Debian: apt-get install restic borgbackup rdiff zstd e2fsprogs).  Measurements run
+in parallel (--jobs).  The first table shows each delta as a ratio to the raw images' delta of
+the same tool and column; then, per column, the compressed forms against the plain optimized
+archive (P) and against today's compressed form (markdown).
 
-restic's chunker polynomial is random per repository; all repositories of a run copy it from
-one template, but each run makes a new template unless DEDUP_RESTIC_TEMPLATE names a directory
-to keep it in, and restic's figures move by tens of percent from one polynomial to the next:
-compare runs (e.g. two vma-tool versions) only with the same template.
+Each run makes new templates unless DEDUP_RESTIC_TEMPLATE names a directory to keep them in
+(subdirectories 1, 2, 3...): compare runs (e.g. two vma-tool versions) only with the same
+templates.
 
 Environment: DEDUP_SIZE (disk size, default 2G), DEDUP_SEED (default 1), DEDUP_MODELS
-(default synthetic,ext4), DEDUP_JOBS (default 2), DEDUP_RESTIC_TEMPLATE, VMA_TOOL, TMPDIR.
-Options: --size, --seed, --models, --jobs, --restic-template (override the environment),
---markdown, --details (every measurement with its delta), --keep.  Stdlib only, Python 3.9+.
+(default synthetic,ext4,usr), DEDUP_JOBS (default 2), DEDUP_RESTIC_TEMPLATE, DEDUP_RESTIC,
+DEDUP_VARIANTS, DEDUP_OLD_DATA=0, VMA_TOOL (e.g. a vma-tool that writes framed .vma.zst),
+TMPDIR.  Options: --size, --seed, --models, --jobs, --restic-template, --restic, --variants,
+--no-old-data, --tool (override the environment), --markdown, --details (every measurement
+with its delta), --keep.  Stdlib only, Python 3.9+.
 """
 
 import argparse
@@ -61,6 +82,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,11 +100,25 @@ DAY = 86400
 ZERO_RUN_FRACTION = 0.14          # data blocks with an aligned 128-byte zero run (real ext4 data)
 
 VARIANTS = ("raw", "original", "ordered only", "optimized", "original .zst", "optimized .zst",
-            "optimized .zst (vma-tool)")
+            "optimized .zst (vma-tool)", "framed .zst", "framed .zst /8", "framed .zst /32",
+            "optimized .gz", "framed .gz")
 LABELS = {"raw": "raw disks", "original": "original .vma", "ordered only":
           "ordered only (random uuid)", "optimized": "optimized .vma",
-          "original .zst": "original .vma.zst", "optimized .zst": "optimized .vma.zst",
-          "optimized .zst (vma-tool)": "optimized .vma.zst (vma-tool)"}
+          "original .zst": "original .vma.zst",
+          "optimized .zst": "optimized .vma.zst (zstd --rsyncable -3: today's form)",
+          "optimized .zst (vma-tool)": "optimized .vma.zst (vma-tool's own)",
+          "framed .zst": "framed .vma.zst (frame per extent, marks per 16 clusters)",
+          "framed .zst /8": "framed .vma.zst, marks per 8 clusters",
+          "framed .zst /32": "framed .vma.zst, marks per 32 clusters",
+          "optimized .gz": "optimized .vma.gz (gzip --rsyncable -6 -n: today's form)",
+          "framed .gz": "framed .vma.gz (member per extent, FEXTRA marks per 16 clusters)"}
+DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v not in ("framed .zst /8", "framed .zst /32"))
+# the framed variants: (form, mark spacing)
+FRAMED = {"framed .zst": ("zst", 16), "framed .zst /8": ("zst", 8), "framed .zst /32": ("zst", 32),
+          "framed .gz": ("gz", 16)}
+SELECTED = list(VARIANTS)         # --variants
+OPTIONS = {"old data": True}
+SPREAD = {}                       # (column, variant, tool name) -> (min, max, count) of deltas
 # the old-data column: enough rows to see the effect, fewer to keep the run short
 OLD_DATA_VARIANTS = ("raw", "original", "optimized", "optimized .zst")
 
@@ -274,11 +310,14 @@ def _workdir(tmp, prefix):
 
 
 class Restic:
-    name = "restic"
+    """restic with one chunker template and one --compression mode; name: the report column
+    (its templates' figures are averaged), key: this template's own results."""
     weight = 3                  # relative cost per byte (for scheduling)
 
-    def __init__(self, tmp, template=None):
+    def __init__(self, tmp, template=None, compression="auto", index=1):
         self.tmp = tmp
+        self.name = "restic" if compression == "auto" else "restic " + compression
+        self.key = "%s#%d" % (self.name, index)
         self.pwfile = os.path.join(tmp, "restic-password")
         with open(self.pwfile, "w") as f:
             f.write("bench\n")
@@ -287,13 +326,18 @@ class Restic:
         # the template's random chunker polynomial decides where restic cuts (except at zero
         # runs): reuse one template (password "bench") to compare runs with each other
         self.template = os.path.abspath(template) if template else os.path.join(
-            tmp, "restic-template")
+            tmp, "restic-template-%d" % index)
         if not os.path.exists(os.path.join(self.template, "config")):
             run(["restic", "init", "-q", "--repo", self.template], env=dict(
                 self.env, RESTIC_CACHE_DIR=os.path.join(tmp, "restic-template-cache")))
         helptext = subprocess.run(["restic", "help", "backup"], stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT).stdout.decode()
-        self.comp = ["--compression", "off"] if "--compression" in helptext else []
+        if "--compression" in helptext:
+            self.comp = ["--compression", compression]
+        elif compression == "auto":
+            self.comp = []
+        else:
+            raise RuntimeError("this restic has no --compression option")
         self.note = None
 
     def delta(self, a, b):
@@ -319,7 +363,7 @@ class Restic:
 
 
 class Borg:
-    name = "borg"
+    name = key = "borg"
     weight = 1
 
     def __init__(self, tmp):
@@ -344,7 +388,7 @@ class Borg:
 
 
 class Rdiff:
-    name = "rdiff"
+    name = key = "rdiff"
     weight = 1
 
     def __init__(self, tmp):
@@ -388,6 +432,148 @@ def zstd(src, dst):
             r.returncode, r.stderr.decode("utf-8", "replace").strip()[:200]))
 
 
+def gzip_rsyncable(src, dst):
+    """gzip --rsyncable -6 -n in a pipe, as vma-tool writes .vma.gz today."""
+    with open(src, "rb") as f, open(dst, "wb") as g:
+        r = subprocess.run(["gzip", "--rsyncable", "-6", "-n", "-c"], stdin=f, stdout=g,
+                           stderr=subprocess.PIPE)
+    if r.returncode != 0:
+        raise RuntimeError("gzip failed (exit %d): %s" % (
+            r.returncode, r.stderr.decode("utf-8", "replace").strip()[:200]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Framed compressed archives (issue 16): one independent frame per extent, cut marks of 64 zero
+# bytes before the extent that starts each MARK_SPACING-cluster disk region
+
+
+MARK_SPACING = 16
+SKIPPABLE_MARK = struct.pack("<II", 0x184D2A50, 64) + bytes(64)   # zstd skippable frame
+ZSTD_LEVEL = 3
+
+
+def archive_pieces(path, spacing=MARK_SPACING):
+    """[(offset, length, marked)] of an archive: the header, then every extent; marked: a cut
+    mark goes before the piece (the first extent of each device, and every extent holding a
+    cluster that is a multiple of spacing)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        fixed = f.read(64)
+        if fixed[:4] != b"VMA\0":
+            raise ValueError("%s: not a VMA archive" % path)
+        hsize, = struct.unpack_from(">I", fixed, 56)
+        pieces = [(0, hsize, False)]
+        off = hsize
+        prev_dev = None
+        while off + 512 <= size:
+            f.seek(off)
+            eh = f.read(512)
+            if eh[:4] != b"VMAE":
+                raise ValueError("%s: no extent magic at offset %d" % (path, off))
+            bc, = struct.unpack_from(">H", eh, 6)
+            infos = [v for v in struct.unpack_from(">59Q", eh, 40) if v]
+            marked = False
+            if infos:
+                dev = (infos[0] >> 32) & 0xff
+                first, last = infos[0] & 0xffffffff, infos[-1] & 0xffffffff
+                marked = (dev != prev_dev or first % spacing == 0
+                          or first // spacing != last // spacing)
+                prev_dev = dev
+            pieces.append((off, 512 + bc * BLOCK, marked))
+            off += 512 + bc * BLOCK
+    return pieces
+
+
+class Zstd:
+    """Independent zstd frames through the system's libzstd (ctypes; the calls release the GIL,
+    so a thread pool compresses in parallel), else one `zstd` process per frame."""
+
+    def __init__(self, level=ZSTD_LEVEL):
+        self.level = level
+        self.lib = None
+        import ctypes
+        import ctypes.util
+        for name in ("libzstd.so.1", ctypes.util.find_library("zstd")):
+            try:
+                lib = ctypes.CDLL(name) if name else None
+            except OSError:
+                lib = None
+            if lib is not None:
+                lib.ZSTD_compressBound.restype = ctypes.c_size_t
+                lib.ZSTD_compressBound.argtypes = [ctypes.c_size_t]
+                lib.ZSTD_compress.restype = ctypes.c_size_t
+                lib.ZSTD_compress.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p,
+                                              ctypes.c_size_t, ctypes.c_int]
+                lib.ZSTD_isError.restype = ctypes.c_uint
+                lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
+                self.lib, self.ctypes = lib, ctypes
+                break
+        self.how = "libzstd via ctypes" if self.lib else "one zstd -%d process per frame" % level
+
+    def frame(self, data):
+        if self.lib is None:
+            r = subprocess.run(["zstd", "-%d" % self.level, "-q", "-c"], input=data,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            if r.returncode != 0:
+                raise RuntimeError("zstd failed (exit %d)" % r.returncode)
+            return r.stdout
+        cap = self.lib.ZSTD_compressBound(len(data))
+        buf = self.ctypes.create_string_buffer(cap)
+        n = self.lib.ZSTD_compress(buf, cap, data, len(data), self.level)
+        if self.lib.ZSTD_isError(n):
+            raise RuntimeError("ZSTD_compress failed")
+        return buf.raw[:n]
+
+
+def gzip_member(data, extra=None):
+    """One gzip member of data (deflate level 6, no name, mtime 0, OS unix, as gzip -n writes
+    it); extra: bytes carried in an FEXTRA subfield "VZ" (RFC 1952 2.3.1.1)."""
+    head = b"\x1f\x8b\x08" + (b"\x04" if extra is not None else b"\x00") + bytes(4) + b"\x00\x03"
+    if extra is not None:
+        sub = b"VZ" + struct.pack("<H", len(extra)) + extra
+        head += struct.pack("<H", len(sub)) + sub
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    body = c.compress(data) + c.flush()
+    return head + body + struct.pack("<II", zlib.crc32(data), len(data) & 0xffffffff)
+
+
+_ZSTD = None
+FRAMED_BY_TOOL = set()       # day tags whose vma-tool .vma.zst held skippable frames
+
+
+def write_framed(src, dst, form="zst", spacing=MARK_SPACING, jobs=2):
+    """dst: src (a plain archive) as independent frames, one per piece (archive_pieces), with
+    a cut mark before each marked piece: form "zst" (zstd frames, skippable marks), "gz" (gzip
+    members, the mark as 64 zero bytes in the FEXTRA field of the marked piece's member)."""
+    global _ZSTD
+    if form == "zst" and _ZSTD is None:
+        _ZSTD = Zstd()
+    pieces = archive_pieces(src, spacing)
+    with open(src, "rb") as f, open(dst, "wb") as out, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:
+        def one(piece):
+            off, length, marked = piece
+            data = os.pread(f.fileno(), length, off)
+            if form == "gz":
+                return gzip_member(data, bytes(64) if marked else None)
+            return (SKIPPABLE_MARK if marked else b"") + _ZSTD.frame(data)
+        # in order, a bounded window ahead (memory stays small)
+        window = []
+        for piece in pieces:
+            window.append(ex.submit(one, piece))
+            if len(window) >= 4 * max(1, jobs):
+                out.write(window.pop(0).result())
+        for fut in window:
+            out.write(fut.result())
+
+
+def is_framed_zst(path):
+    """True if the .vma.zst at path holds zstd skippable frames (vma-tool's framed form)."""
+    with open(path, "rb") as f:
+        head = f.read(16 * MiB)
+    return SKIPPABLE_MARK[:8] in head
+
+
 def day_files(wdir, tag, vm, paths, archive_seed, uuid, notes, want=VARIANTS):
     """{variant: path} of one day's disks (tag: file name prefix) for the variants in want."""
     out = {}
@@ -413,22 +599,32 @@ def day_files(wdir, tag, vm, paths, archive_seed, uuid, notes, want=VARIANTS):
             replace_uuid(out["ordered only"], uuid)
     if have("zstd"):
         za = orig + ".zst"
-        if any(v in want for v in ("original .zst", "optimized .zst (vma-tool)")):
-            zstd(orig, za)
         if "original .zst" in want:
+            zstd(orig, za)
             out["original .zst"] = za
         if opt and "optimized .zst" in want:
             out["optimized .zst"] = opt + ".zst"
             zstd(opt, out["optimized .zst"])
         if opt and "optimized .zst (vma-tool)" in want:
-            # the user's path: vma-tool reads the .vma.zst and writes .vma.zst itself
+            # vma-tool compresses itself: the user's path .vma.zst -> .vma.zst where the
+            # original .vma.zst is made anyway, else .vma -> .vma.zst (same output bytes)
             zt = os.path.join(wdir, tag + "-tool-opt.vma.zst")
-            r = vma_tool("optimize", "-q", za, zt)
+            src = za if "original .zst" in want else orig
+            r = vma_tool("optimize", "-q", src, zt)
             if r.returncode != 0:
-                notes.append("vma-tool optimize %s .zst -> .zst failed (exit %d): %s" % (
+                notes.append("vma-tool optimize %s -> .zst failed (exit %d): %s" % (
                     tag, r.returncode, r.stderr.decode("utf-8", "replace").strip()[:200]))
             else:
                 out["optimized .zst (vma-tool)"] = zt
+                if is_framed_zst(zt):
+                    FRAMED_BY_TOOL.add(tag)
+    if opt and have("gzip") and "optimized .gz" in want:
+        out["optimized .gz"] = opt + ".gz"
+        gzip_rsyncable(opt, out["optimized .gz"])
+    for v, (form, spacing) in FRAMED.items():
+        if opt and v in want and (form == "gz" or have("zstd")):
+            out[v] = os.path.join(wdir, "%s-framed-%d.vma.%s" % (tag, spacing, form))
+            write_framed(opt, out[v], form, spacing)
     for path in (orig, opt):
         if path and path not in out.values() and os.path.exists(path):
             os.unlink(path)
@@ -499,14 +695,16 @@ def synthetic_model(wdir, size, seed, notes):
     return [col], rng
 
 
-def ext4_model(wdir, size, seed, notes):
-    disks = diskmodel.build_ext4(os.path.join(wdir, "ext4"), size, seed, log=log)
+def ext4_model(wdir, size, seed, notes, name="ext4"):
+    host_usr = name == "usr"
+    disks = diskmodel.build_ext4(os.path.join(wdir, "ext4"), size, seed, log=log,
+                                 host_usr=host_usr)
     notes.extend(disks.notes)
     devices = [("drive-efidisk0", EFIDISK_SIZE), ("drive-scsi0", size)]
     efi = [os.path.join(wdir, "efi-%s.raw" % x) for x in "ab"]
     efidisk(efi, seed)
     st = disks.stats
-    zero = Column("ext4", devices, [efi[0], disks.a], [efi[1], disks.b_zero])
+    zero = Column(name, devices, [efi[0], disks.a], [efi[1], disks.b_zero])
     old = Column("ext4 old data", devices, [efi[0], disks.a], [efi[1], disks.b_old])
     n, nz = st["zero runs"]
     d2 = st["day2"]
@@ -523,10 +721,19 @@ def ext4_model(wdir, size, seed, notes):
             ("new .deb", "installed", "removed", "db pages", "log growth", "journal") if k in d2) +
         "; freed blocks still holding old data: %d (zeroed in \"ext4\", kept in \"ext4 old data\")"
         % st["freed blocks with old data"])
-    return [zero, old], random.Random("ext4-archives-%d" % seed)
+    if host_usr:
+        zero.info = [line.replace("ext4: ", "usr: ", 1) for line in zero.info]
+        zero.info.append("usr: /usr is copies of this host's /usr files (so the figures depend on "
+                         "the host); upgraded files rewritten with other host files")
+    columns = [zero, old] if OPTIONS["old data"] and not host_usr else [zero]
+    return columns, random.Random("%s-archives-%d" % (name, seed))
 
 
-MODELS = {"synthetic": synthetic_model, "ext4": ext4_model}
+def usr_model(wdir, size, seed, notes):
+    return ext4_model(wdir, size, seed, notes, "usr")
+
+
+MODELS = {"synthetic": synthetic_model, "ext4": ext4_model, "usr": usr_model}
 
 
 def build_model(name, wdir, size, seed, notes):
@@ -537,11 +744,12 @@ def build_model(name, wdir, size, seed, notes):
                                           zip(col.paths_a, col.paths_b)))))
     configs = vmafixture.default_configs(seed, columns[0].devices)
     vm_a = vmafixture.VM(1700000000, configs, columns[0].devices, columns[0].paths_a)
-    side_a = day_files(wdir, "a", vm_a, columns[0].paths_a, seed * 100 + 1, rng.randbytes(16), notes)
+    side_a = day_files(wdir, "a", vm_a, columns[0].paths_a, seed * 100 + 1, rng.randbytes(16),
+                       notes, SELECTED)
     sides = {}
     for i, col in enumerate(columns):
         vm_b = vmafixture.VM(1700000000 + DAY + 37, configs, col.devices, col.paths_b)
-        want = OLD_DATA_VARIANTS if col.name.endswith("old data") else VARIANTS
+        want = [v for v in SELECTED if v in OLD_DATA_VARIANTS or not col.name.endswith("old data")]
         tag = "b" if i == 0 else "b%d" % i
         sides[col.name] = (side_a, day_files(wdir, tag, vm_b, col.paths_b, seed * 100 + 2,
                                              rng.randbytes(16), notes, want))
@@ -577,10 +785,10 @@ def measure(columns, tools, jobs, results, notes):
                 notes.append("%s %s %s: %s" % (t.name, col.name, v, e))
             return
         with lock:
-            results[(col.name, v, t.name)] = d
+            results[(col.name, v, t.key)] = d
             done[0] += 1
-            log("%2d/%d %-6s %-13s %-26s delta %s (%.0f s)" % (
-                done[0], len(work), t.name, col.name, v, human(d), time.time() - t1))
+            log("%2d/%d %-13s %-13s %-26s delta %s (%.0f s)" % (
+                done[0], len(work), t.key, col.name, v, human(d), time.time() - t1))
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:
         for f in [ex.submit(one, w) for w in work]:
@@ -588,8 +796,16 @@ def measure(columns, tools, jobs, results, notes):
     for col in columns:
         for v, w in col.same_as.items():
             for t in tools:
-                if (col.name, w, t.name) in results:
-                    results[(col.name, v, t.name)] = results[(col.name, w, t.name)]
+                if (col.name, w, t.key) in results:
+                    results[(col.name, v, t.key)] = results[(col.name, w, t.key)]
+        # a report column per tool name: the mean over its templates (restic), with the spread
+        for v in col.files:
+            for name in dict.fromkeys(t.name for t in tools):
+                got = [results[(col.name, v, t.key)] for t in tools
+                       if t.name == name and (col.name, v, t.key) in results]
+                if got:
+                    results[(col.name, v, name)] = sum(got) / len(got)
+                    SPREAD[(col.name, v, name)] = (min(got), max(got), len(got))
 
 
 def main():
@@ -598,19 +814,50 @@ def main():
                     help="disk size (env DEDUP_SIZE, default 2G)")
     ap.add_argument("--seed", type=int, default=int(os.environ.get("DEDUP_SEED", "1")),
                     help="seed (env DEDUP_SEED, default 1)")
-    ap.add_argument("--models", default=os.environ.get("DEDUP_MODELS", "synthetic,ext4"),
-                    help="comma-separated models: synthetic, ext4 (env DEDUP_MODELS)")
+    ap.add_argument("--models", default=os.environ.get("DEDUP_MODELS", "synthetic,ext4,usr"),
+                    help="comma-separated models: synthetic, ext4, usr (env DEDUP_MODELS)")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("DEDUP_JOBS", "2")),
                     help="measurements run at once (env DEDUP_JOBS, default 2)")
     ap.add_argument("--restic-template", default=os.environ.get("DEDUP_RESTIC_TEMPLATE"),
-                    help="restic repository (password 'bench') whose chunker parameters every "
-                    "restic repository copies; created if missing and then kept, so that runs "
-                    "compare (env DEDUP_RESTIC_TEMPLATE; default: a new one per run)")
+                    help="directory of the restic template repositories 1, 2, 3... (password "
+                    "'bench') whose chunker parameters the restic repositories copy; created if "
+                    "missing and then kept, so that runs compare (env DEDUP_RESTIC_TEMPLATE; "
+                    "default: new ones per run)")
+    ap.add_argument("--restic", default=os.environ.get("DEDUP_RESTIC", "auto:3,off:1"),
+                    help="restic --compression modes and how many chunker templates each is "
+                    "measured with (mean reported; env DEDUP_RESTIC, default auto:3,off:1)")
+    ap.add_argument("--variants", default=os.environ.get("DEDUP_VARIANTS",
+                                                         ",".join(DEFAULT_VARIANTS)),
+                    help="comma-separated rows to measure (env DEDUP_VARIANTS; default all but "
+                    "the other mark spacings; all: %s)" % ", ".join(VARIANTS))
+    ap.add_argument("--no-old-data", action="store_true",
+                    default=os.environ.get("DEDUP_OLD_DATA") == "0",
+                    help="without the ext4 model's old-data column (env DEDUP_OLD_DATA=0)")
+    ap.add_argument("--tool", default=None,
+                    help="vma-tool to run (default: env VMA_TOOL, else the repository's)")
     ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
     ap.add_argument("--details", action="store_true", help="also print every delta")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     opts = ap.parse_args()
+    if opts.tool:
+        global TOOL
+        TOOL = os.path.abspath(opts.tool)
     size = parse_size(opts.size) // BLOCK * BLOCK
+    restic_runs = []
+    for spec in opts.restic.split(","):
+        comp, _, count = spec.strip().partition(":")
+        if comp:
+            if comp not in ("auto", "off", "max") or not (count or "1").isdigit():
+                ap.error("bad --restic entry %r (want e.g. auto:3)" % spec)
+            restic_runs.append((comp, int(count or "1")))
+    selected = [v.strip() for v in opts.variants.split(",") if v.strip()]
+    for v in selected:
+        if v not in VARIANTS:
+            ap.error("unknown variant %r (known: %s)" % (v, ", ".join(VARIANTS)))
+    if "optimized" not in selected:
+        ap.error("--variants needs optimized (the reference of the compressed forms)")
+    SELECTED[:] = selected
+    OPTIONS["old data"] = not opts.no_old_data
     models = [m.strip() for m in opts.models.split(",") if m.strip()]
     for m in models:
         if m not in MODELS:
@@ -628,7 +875,7 @@ def main():
                 r = subprocess.run([prog, arg], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                 line = r.stdout.decode("utf-8", "replace").strip().splitlines()[:1]
                 versions.append(line[0][:60] if line else prog)
-        if "ext4" in models and not diskmodel.ext4_missing():
+        if ("ext4" in models or "usr" in models) and not diskmodel.ext4_missing():
             r = subprocess.run([diskmodel._prog("mke2fs"), "-V"], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT)
             versions.append(r.stdout.decode("utf-8", "replace").strip().splitlines()[0])
@@ -643,7 +890,13 @@ def main():
                 notes.append("%s not installed: skipped" % pname)
                 continue
             try:
-                tools.append(cls(tmp, opts.restic_template) if cls is Restic else cls(tmp))
+                if cls is Restic:
+                    for comp, count in restic_runs:
+                        for i in range(1, count + 1):
+                            tools.append(Restic(tmp, os.path.join(opts.restic_template, str(i))
+                                                if opts.restic_template else None, comp, i))
+                else:
+                    tools.append(cls(tmp))
             except (RuntimeError, OSError) as e:
                 notes.append("%s unusable: %s" % (pname, e))
         if not have("zstd"):
@@ -651,7 +904,7 @@ def main():
         columns = []
         results = {}
         for m in models:
-            if m == "ext4":
+            if m in ("ext4", "usr"):
                 why = diskmodel.ext4_missing()
                 if not why and size < 66 * MiB:
                     why = "disk smaller than 66 MiB"
@@ -679,6 +932,13 @@ def main():
         for t in tools:
             if getattr(t, "note", None):
                 notes.append(t.note)
+        if "optimized .zst (vma-tool)" in SELECTED and have("zstd"):
+            notes.append("vma-tool's own .vma.zst (%s): %s" % (TOOL, (
+                "framed (zstd skippable frames found), day files %s" % ", ".join(
+                    sorted(FRAMED_BY_TOOL))) if FRAMED_BY_TOOL else "not framed (one stream)"))
+        if _ZSTD is not None:
+            notes.append("framed .zst rows made by this bench (%s, level %d)" % (_ZSTD.how,
+                                                                                  ZSTD_LEVEL))
         sys.stdout.flush()
         report(opts, size, columns, tools, results, notes, skipped)
         return 0
@@ -696,8 +956,69 @@ def _short(n):
     return "%dB" % n
 
 
+COMPRESSED_ROWS = ("optimized", "optimized .zst", "optimized .zst (vma-tool)", "framed .zst",
+                   "framed .zst /8", "framed .zst /32", "optimized .gz", "framed .gz")
+
+
+def compressed_table(col, tools, results):
+    """Markdown table of the compressed forms of one column against the plain optimized archive
+    (P) and today's compressed form: file size, restic per --compression mode (mean over the
+    templates of each template's ratio, and the spread), borg, rdiff."""
+    rows = [v for v in COMPRESSED_ROWS if v in col.files]
+    if len(rows) < 2:
+        return
+    names = list(dict.fromkeys(t.name for t in tools))
+    keys = {n: [t.key for t in tools if t.name == n] for n in names}
+
+    def ratios(v, ref, name):
+        out = []
+        for k in keys[name]:
+            d, r = results.get((col.name, v, k)), results.get((col.name, ref, k))
+            if d is not None and r:
+                out.append(d / r)
+        return out
+
+    def today(v):
+        return "optimized .gz" if v.endswith(".gz") else "optimized .zst"
+
+    def mean(x):
+        return sum(x) / len(x) if x else None
+
+    head = ["%s: b's form" % col.name, "size", "vs today"]
+    for n in names:
+        if n.startswith("restic"):
+            head += ["%s x P (spread)" % n, "%s x today" % n]
+        elif n == "borg":
+            head += ["borg MiB", "borg x today"]
+        else:
+            head += ["%s x P" % n, "%s x today" % n]
+    print()
+    print("| " + " | ".join(head) + " |")
+    print("|---" + "|---:" * (len(head) - 1) + "|")
+    for v in rows:
+        size = col.sizes.get(v)
+        ref = col.sizes.get(today(v)) if v != "optimized" else None
+        line = [LABELS[v] + (" = %s" % LABELS[col.same_as[v]] if v in col.same_as else ""),
+                human(size) if size else "-", "%.3f" % (size / ref) if size and ref else "-"]
+        for n in names:
+            rp = ratios(v, "optimized", n)
+            rt = ratios(v, today(v), n) if v != "optimized" else []
+            if n == "borg":
+                d = results.get((col.name, v, n))
+                line.append("%.0f" % (d / MiB) if d is not None else "-")
+            elif len(rp) > 1:
+                line.append("%.2f (%.2f-%.2f)" % (mean(rp), min(rp), max(rp)))
+            else:
+                line.append("%.2f" % rp[0] if rp else "-")
+            line.append("%.2f" % mean(rt) if rt else "-")
+        print("| " + " | ".join(line) + " |")
+    print("(P: the plain optimized .vma's delta with the same tool and template; restic: mean "
+          "over %s of each template's ratio, spread min-max)" % ", ".join(
+              "%s %d templates" % (n, len(keys[n])) for n in names if n.startswith("restic")))
+
+
 def report(opts, size, columns, tools, results, notes, skipped):
-    tnames = [t.name for t in tools]
+    tnames = list(dict.fromkeys(t.name for t in tools))
     print("vma-tool dedup bench: VM with drive-efidisk0 %s and drive-scsi0 %s, seed %d; delta "
           "of day 2 once day 1 is stored, as a ratio to the raw disks' delta (same tool and "
           "column)" % (human(EFIDISK_SIZE), human(size), opts.seed))
@@ -775,7 +1096,7 @@ def report(opts, size, columns, tools, results, notes, skipped):
                   "the guest) vs zeroed: " + "; ".join(parts))
     if opts.details:
         print()
-        print("column         tool    variant                     delta       space saved")
+        print("column         tool          variant                     delta       space saved")
         for c in columns:
             for v in c.files:
                 for t in tnames:
@@ -783,7 +1104,9 @@ def report(opts, size, columns, tools, results, notes, skipped):
                     if d is None:
                         continue
                     saved = 100.0 * (1 - d / c.sizes[v]) if c.sizes[v] else 0.0
-                    print("%-14s %-7s %-27s %11s %8.1f %%" % (c.name, t, v, human(d), saved))
+                    print("%-14s %-13s %-27s %11s %8.1f %%" % (c.name, t, v, human(d), saved))
+    for c in columns:
+        compressed_table(c, tools, results)
     print("delta: repository growth from backing up b after a (restic, borg), delta file size "
           "(rdiff); %.0f s in all" % (time.time() - T0))
     for n in notes:

@@ -28,6 +28,7 @@ import os
 import random
 import re
 import shutil
+import stat
 import struct
 import subprocess
 import zlib
@@ -379,6 +380,8 @@ class File:
 class Tree:
     """Generates and writes the day-1 tree under root; remembers every file and package."""
 
+    USR_SHARE = 0.30                 # share of the file system filled by /usr
+
     def __init__(self, root, rng, fs_size):
         self.root = root
         self.rng = rng
@@ -446,11 +449,12 @@ class Tree:
                 add(d + "__pycache__/%s.cpython-311.pyc" % mod, "pyc")
         return name, out
 
-    def build(self):
-        rng = self.rng
-        fs = self.fs_size
-        # /usr: packages
-        budget = int(fs * 0.30)
+    def regen(self, kind, rng, n):
+        """New content of about n bytes for a file of kind (an upgraded package's file)."""
+        return GEN[kind](rng, n)
+
+    def build_usr(self, budget):
+        """/usr: generated packages until the tree holds budget bytes."""
         cap = max(64 << 10, budget // 25)
         i = 0
         while self.bytes < budget:
@@ -459,6 +463,11 @@ class Tree:
             for path, kind, content in files:
                 self.write(path, content, kind, pkg=len(self.packages))
             self.packages.append((name, [p for p, _, _ in files]))
+
+    def build(self):
+        rng = self.rng
+        fs = self.fs_size
+        self.build_usr(int(fs * self.USR_SHARE))
         # /etc
         for k in range(max(20, fs // (10 * MiB))):
             self.write("/etc/%s/%s.conf" % (rng.choice(("apt", "ssh", "systemd", "default", "app")),
@@ -493,6 +502,113 @@ class Tree:
         # directories: fixed times
         for dirpath, _dirs, _files in os.walk(self.root):
             os.utime(dirpath, (FAKE_TIME, FAKE_TIME))
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.+@,=/-]+$")    # names debugfs takes unquoted
+_PACKED_EXT = (".gz", ".xz", ".bz2", ".zst", ".lz4", ".zip", ".whl", ".jar", ".png", ".jpg",
+               ".jpeg", ".gif", ".webp", ".ogg", ".mp3", ".deb", ".woff", ".woff2", ".mo")
+
+
+def host_kind(path, head):
+    """The GEN kind a real file stands for (by its first bytes and name)."""
+    if head.startswith(b"\x7fELF"):
+        return "lib" if ".so" in os.path.basename(path) else "bin"
+    if path.endswith(".pyc"):
+        return "pyc"
+    if path.endswith(".py"):
+        return "py"
+    if path.endswith(_PACKED_EXT):
+        return "gz"
+    return "doc"
+
+
+class HostTree(Tree):
+    """A Tree whose /usr is copies of this host's own /usr files (Python's library, binaries,
+    libraries, documentation: data that compresses like a real system disk), grouped into
+    "packages" by directory (/usr/lib/python3.11/email, /usr/share/doc/foo; a file directly in
+    /usr/bin or a library directory is a package of its own).  The groups not copied are the
+    reserve: installed packages come from it and upgraded files are rewritten with reserve
+    files of the same kind.  Deterministic for one host and seed (the host's files decide)."""
+
+    USR_SHARE = 0.55
+    SOURCE = "/usr"
+
+    def __init__(self, root, rng, fs_size):
+        Tree.__init__(self, root, rng, fs_size)
+        self.cap = max(64 << 10, fs_size // 100)
+        groups = {}
+        for dirpath, dirs, files in os.walk(self.SOURCE):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(full)
+                except OSError:
+                    continue
+                if (not (0 < st.st_size <= self.cap) or not stat.S_ISREG(st.st_mode)
+                        or not _PLAIN_NAME.match(full)):
+                    continue
+                parts = os.path.relpath(full, self.SOURCE).split(os.sep)
+                key = "/".join(parts[:3]) if len(parts) > 3 else "/".join(parts)
+                groups.setdefault(key, []).append((full, st.st_size))
+        self.groups = sorted(groups.items())
+        rng.shuffle(self.groups)
+        self.next_group = 0
+        self.pool = []                   # host files for regen
+
+    def _read_group(self, files, prefix):
+        out = []
+        for full, _size in files:
+            try:
+                with open(full, "rb") as f:
+                    content = f.read()
+            except OSError:
+                continue
+            rel = os.path.relpath(full, self.SOURCE)
+            out.append(("/usr/%s%s" % (prefix, rel), host_kind(full, content[:4]), content))
+        return out
+
+    def take_group(self, cap):
+        """(name, [(path, kind, content)]) of the next host group not larger than cap; after the
+        last group the groups come again as copies under /usr/local/copyN/."""
+        for _ in range(len(self.groups)):
+            n, self.next_group = self.next_group, self.next_group + 1
+            key, files = self.groups[n % len(self.groups)]
+            if sum(s for _, s in files) > cap:
+                continue
+            copy = n // len(self.groups)
+            name = key.replace("/", "-") + ("-copy%d" % copy if copy else "")
+            return name, self._read_group(files, "local/copy%d/" % copy if copy else "")
+        raise ValueError("no files in %s" % self.SOURCE)
+
+    def build_usr(self, budget):
+        while self.bytes < budget:
+            name, files = self.take_group(max(self.cap, budget // 25))
+            for path, kind, content in files:
+                if path not in self.files:
+                    self.write(path, content, kind, pkg=len(self.packages))
+            self.packages.append((name, [p for p, _, _ in files if p in self.files]))
+        # the reserve (files of the groups not copied) rewrites upgraded files
+        self.pool = [full for _key, files in self.groups[self.next_group:] for full, _ in files]
+
+    def new_package(self, i, cap, rng=None):
+        return self.take_group(cap)
+
+    def regen(self, kind, rng, n):
+        """n bytes from reserve files of the same kind (generated when there are none)."""
+        out = b""
+        for _ in range(200 if self.pool else 0):
+            if len(out) >= n:
+                break
+            full = rng.choice(self.pool)
+            try:
+                with open(full, "rb") as f:
+                    if host_kind(full, f.read(4)) == kind:
+                        f.seek(0)
+                        out += f.read(n - len(out))
+            except OSError:
+                pass
+        return out + GEN[kind](rng, n - len(out)) if len(out) < n else out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -563,9 +679,10 @@ def _read(disk, block, n=1):
         return f.read(n * BLOCK)
 
 
-def build_ext4(workdir, disk_size, seed, log=lambda *a: None, fraction=0.01):
+def build_ext4(workdir, disk_size, seed, log=lambda *a: None, fraction=0.01, host_usr=False):
     """Build day 1 and the two day-2 disks in workdir (see the module docstring).  fraction:
-    day-2 writes, roughly, as a share of the file system's blocks."""
+    day-2 writes, roughly, as a share of the file system's blocks; host_usr: /usr made of copies
+    of this host's /usr (HostTree) instead of generated packages."""
     rng = random.Random("ext4-%d" % seed)
     os.makedirs(workdir, exist_ok=True)
     fs_size = (disk_size - 2 * PART_OFFSET) // BLOCK * BLOCK
@@ -578,7 +695,7 @@ def build_ext4(workdir, disk_size, seed, log=lambda *a: None, fraction=0.01):
     # ---- day 1: tree, mke2fs, journal
     root = os.path.join(workdir, "tree")
     shutil.rmtree(root, ignore_errors=True)
-    tree = Tree(root, rng, fs_size)
+    tree = (HostTree if host_usr else Tree)(root, rng, fs_size)
     tree.build()
     stats["files"] = len(tree.files)
     stats["packages"] = len(tree.packages)
@@ -677,7 +794,8 @@ def build_ext4(workdir, disk_size, seed, log=lambda *a: None, fraction=0.01):
             old = read_tree(p)
             r = rng.random()
             if kind in ("bin", "lib", "pyc"):      # rebuilt: a quarter of the blocks unchanged
-                c = bytearray(GEN[kind](rng, max(1, int(len(old) * rng.uniform(0.97, 1.05)))))
+                new_len = max(1, int(len(old) * rng.uniform(0.97, 1.05)))
+                c = bytearray(tree.regen(kind, rng, new_len))
                 for o in range(0, min(len(c), len(old)) - BLOCK, BLOCK):
                     if rng.random() < 0.25:
                         c[o:o + BLOCK] = old[o:o + BLOCK]
@@ -688,7 +806,7 @@ def build_ext4(workdir, disk_size, seed, log=lambda *a: None, fraction=0.01):
                     s = rng.randrange(0, len(c) + 1)
                     c = c[:s] + text(rng, rng.randint(20, 400)) + c[s:]
             elif kind in ("gz", "man") or r < 0.2:              # recompressed / changed
-                c = GEN[kind](rng, max(1, int(len(old) * rng.uniform(0.95, 1.1))))
+                c = tree.regen(kind, rng, max(1, int(len(old) * rng.uniform(0.95, 1.1))))
             else:
                 c = old                                        # unchanged, rewritten anyway
             new.append((p, c, kind))
