@@ -5,7 +5,7 @@
                           LINK_SHIM where links through /proc fail (link_shim_needed()); None: impossible
     REPO, TESTS_DIR       repository root and tests directory
     run_tool(*args, stdin=None, input=None, env=None, timeout=120, cwd=None)
-                          run [sys.executable, TOOL, *args]; stdout/stderr captured as bytes.
+                          run tool_argv() + args; stdout/stderr captured as bytes.
                           env: extra variables merged over os.environ (a value of None removes
                           the variable).  stdin defaults to /dev/null unless input is given.
     assert_clean_error(testcase, result, *keywords, code=None, multiple=None)
@@ -16,6 +16,8 @@
     TempDir               mixin: self.tmp is a fresh directory per test (created on first use,
                           removed afterwards; prefix TMP_PREFIX); self.tmp_path(*parts) joins
                           under it; put(name, data) writes a file there, read(path) reads one.
+    tool_argv()           [python, -S, runnable_tool()]: how the tests start vma-tool.
+    runnable_tool()       TOOL compiled once per process (a .pyc Python runs directly; see there).
     load_tool_module()    import vma-tool as a module (cached; name "vma_tool").
     cached(key, fn)       fn() computed once per process for key (keys are shared by all modules).
     fixture_vm(seed), fixture_archive(seed)
@@ -28,10 +30,12 @@
     ScratchCase           TestCase base: TempDir plus path() and assertOk(result).
 """
 
+import atexit
 import hashlib
 import importlib.machinery
 import importlib.util
 import os
+import py_compile
 import shutil
 import signal
 import stat
@@ -55,10 +59,30 @@ TOOL = os.path.abspath(os.environ.get("VMA_TOOL") or os.path.join(REPO, "vma-too
 ERROR_PREFIX = "vma-tool: error: "
 
 
+_RUNNABLE = []
+
+
+def runnable_tool():
+    """The file the tests run as vma-tool: TOOL compiled once per test process into a .pyc, which
+    Python runs directly.  A script is compiled anew at every start (about 50 ms of a run's 80 ms, and
+    the suite starts the tool thousands of times); the code is the same.  Tests of the script as such
+    (its #! line, old interpreters, the hook run by the kernel) use TOOL.  VMA_TOOL_TEST_SCRIPT=1 makes
+    every test run the script."""
+    if os.environ.get("VMA_TOOL_TEST_SCRIPT"):
+        return TOOL
+    if not _RUNNABLE:
+        directory = tempfile.mkdtemp(prefix="vma-tool-compiled-")
+        atexit.register(shutil.rmtree, directory, True)
+        path = os.path.join(directory, os.path.basename(TOOL) + ".pyc")
+        py_compile.compile(TOOL, cfile=path, dfile=TOOL, doraise=True)
+        _RUNNABLE.append(path)
+    return _RUNNABLE[0]
+
+
 def tool_argv():
     """How the tests start vma-tool: the current interpreter with -S (the tool is stdlib-only; skipping
     site-packages keeps the many short runs fast and proves that no third-party import is needed)."""
-    return [sys.executable, "-S", TOOL]
+    return [sys.executable, "-S", runnable_tool()]
 
 
 # Where links through /proc/self/fd fail (some sandboxes refuse them with EXDEV), vma-tool creates its
@@ -187,7 +211,7 @@ def snapshot(root, contents=True):
 
 def run_tool(*args, stdin=None, input=None, env=None, timeout=120, cwd=None):
     """Run vma-tool with the current interpreter; returns subprocess.CompletedProcess (bytes)."""
-    cmd = [sys.executable, TOOL] + [a if isinstance(a, (str, bytes)) else
+    cmd = tool_argv() + [a if isinstance(a, (str, bytes)) else
                                      (os.fspath(a) if hasattr(a, "__fspath__") else str(a))
                                      for a in args]
     full_env = None

@@ -9,7 +9,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import vmafixture as fx  # noqa: E402
-from support import TOOL, run_tool, assert_clean_error, fixture_vm, fixture_archive, first_diff  # noqa: E402
+from support import run_tool, assert_clean_error, fixture_vm, fixture_archive, first_diff  # noqa: E402
 import support  # noqa: E402
 
 CLUSTER = 65536
@@ -150,7 +150,7 @@ class CatTests(CatCase):
     def test_closed_stdout(self):
         # a reader that stops early (like `| head -c`) must not produce a traceback
         src = self.put("x.vma", default_archive())
-        p = subprocess.Popen([sys.executable, TOOL, "cat", src, "drive-scsi0"], stdout=subprocess.PIPE,
+        p = subprocess.Popen(support.tool_argv() + ["cat", src, "drive-scsi0"], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         head = p.stdout.read(1000)
         p.stdout.close()
@@ -166,7 +166,7 @@ class CatTests(CatCase):
         src = self.put("x.vma", default_archive())
         outp = os.path.join(self.tmp, "img.raw")
         with open(outp, "wb") as f:
-            r = subprocess.run([sys.executable, TOOL, "cat", src, "drive-efidisk0"], stdout=f,
+            r = subprocess.run(support.tool_argv() + ["cat", src, "drive-efidisk0"], stdout=f,
                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=120)
         self.assertEqual(r.returncode, 0, r.stderr)
         with open(outp, "rb") as f:

@@ -346,7 +346,7 @@ class ProgressOnTerminal(Gaps):
         tty.setraw(slave)                       # bytes as written: no \n -> \r\n
         got = []
         try:
-            proc = subprocess.Popen([sys.executable, support.TOOL] + list(args), cwd=self.tmp,
+            proc = subprocess.Popen(support.tool_argv() + list(args), cwd=self.tmp,
                                     stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=slave)
             os.close(slave)
@@ -511,7 +511,7 @@ class Scratch(Gaps):
 
         data = cached("gaps-archive-random", lambda: bytes(fx.write_archive(
             small_vm(7304, (("drive-scsi0", 40 * CLUSTER),)), None, seed=4, order="random")))
-        r = subprocess.run([sys.executable, support.TOOL, "optimize", "--memory", "0", "--tmpdir", self.tmp,
+        r = subprocess.run(support.tool_argv() + ["optimize", "--memory", "0", "--tmpdir", self.tmp,
                             "-", "-"], input=data, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            preexec_fn=preexec, timeout=120)
         assert_clean_error(self, r, "cannot write the scratch file", "--tmpdir", "--memory", code=3)

@@ -653,7 +653,7 @@ def _limit_fsize(limit):
 
 
 def _tool_cmd(*args):
-    return [sys.executable, support.TOOL] + list(args)
+    return support.tool_argv() + list(args)
 
 
 class FaultInjectionTest(TmpMixin, unittest.TestCase):

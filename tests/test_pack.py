@@ -517,7 +517,7 @@ class PackFaultTests(PackCase):
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-        r = subprocess.run([sys.executable, TOOL, "pack", d, out], stdout=subprocess.PIPE,
+        r = subprocess.run(support.tool_argv() + ["pack", d, out], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, preexec_fn=preexec, timeout=120)
         assert_clean_error(self, r, code=3)
 

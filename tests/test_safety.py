@@ -102,7 +102,7 @@ def _text(b):
 
 def _wrapped(redirect, args):
     """Command running vma-tool with one standard stream closed by the shell."""
-    return ["sh", "-c", 'exec "$@" ' + redirect, "sh", sys.executable, support.TOOL] + list(args)
+    return ["sh", "-c", 'exec "$@" ' + redirect, "sh"] + support.tool_argv() + list(args)
 
 
 def _limit_fsize(limit):
@@ -137,7 +137,7 @@ class SafetyCase(support.ScratchCase):
             self.fail("%r did not finish within %d s (killed)" % (cmd[1:], timeout))
 
     def tool(self, *args, **kw):
-        return self.run_cmd([sys.executable, support.TOOL] + [str(a) for a in args], **kw)
+        return self.run_cmd(support.tool_argv() + [str(a) for a in args], **kw)
 
     def closed(self, redirect, *args, **kw):
         """Run vma-tool with `>&-`, `2>&-` or `<&-` (stdin then is not redirected by us)."""
@@ -232,7 +232,7 @@ class OverwriteTest(SafetyCase):
         """Run vma-tool, stopped (SIGSTOP fault point) right before its output takes its name; create dst
         meanwhile (or call meanwhile()), then let it go on.  Returns (returncode, stderr)."""
         env = dict(os.environ, VMA_TOOL_FAULT=point + ":STOP")
-        p = subprocess.Popen([sys.executable, support.TOOL] + list(args), cwd=self.tmp, env=env,
+        p = subprocess.Popen(support.tool_argv() + list(args), cwd=self.tmp, env=env,
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             _, status = os.waitpid(p.pid, os.WUNTRACED)
@@ -843,7 +843,7 @@ class TerminalTest(SafetyCase):
             tty.setraw(slave)
             env = dict(os.environ)
             env.pop("VMA_TOOL_FAULT", None)
-            cmd = [sys.executable, support.TOOL] + list(args)
+            cmd = support.tool_argv() + list(args)
             t0 = time.monotonic()
             proc = subprocess.Popen(cmd, cwd=self.tmp, env=env, stderr=subprocess.PIPE,
                                     stdin=slave if side == "stdin" else subprocess.DEVNULL,

@@ -652,7 +652,7 @@ class UnpackFaultTests(UnpackCase):
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-        r = subprocess.run([sys.executable, TOOL, "unpack", src, d], stdout=subprocess.PIPE,
+        r = subprocess.run(support.tool_argv() + ["unpack", src, d], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, preexec_fn=preexec, timeout=120)
         assert_clean_error(self, r, code=3)
         self.assertNothingWritten(d, before)
@@ -661,7 +661,7 @@ class UnpackFaultTests(UnpackCase):
         data = default_archive()
         d = self.path("out")
         before = self.listing()
-        p = subprocess.Popen([sys.executable, TOOL, "unpack", "-", d], stdin=subprocess.PIPE,
+        p = subprocess.Popen(support.tool_argv() + ["unpack", "-", d], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             try:
