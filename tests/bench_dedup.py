@@ -232,6 +232,14 @@ changed_blocks = diskmodel.changed_blocks
 # "ordered only": canonical order, random uuid
 
 
+def header_size_of(f, path):
+    """The header_size field of the archive open as f (read from its start)."""
+    fixed = f.read(64)
+    if fixed[:4] != b"VMA\0":
+        raise ValueError("%s: not a VMA archive" % path)
+    return struct.unpack_from(">I", fixed, 56)[0]
+
+
 def replace_uuid(path, uuid):
     """Replace the uuid in the main header and in every extent header of the archive at path
     (in place) and fix the header and extent MD5s."""
@@ -239,10 +247,7 @@ def replace_uuid(path, uuid):
         raise ValueError("uuid must be 16 bytes")
     size = os.path.getsize(path)
     with open(path, "r+b") as f:
-        fixed = f.read(12288)
-        if fixed[:4] != b"VMA\0":
-            raise ValueError("%s: not a VMA archive" % path)
-        hsize, = struct.unpack_from(">I", fixed, 56)
+        hsize = header_size_of(f, path)
         f.seek(0)
         hdr = bytearray(f.read(hsize))
         hdr[8:24] = uuid
@@ -458,10 +463,7 @@ def archive_pieces(path, spacing=MARK_SPACING):
     cluster that is a multiple of spacing)."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
-        fixed = f.read(64)
-        if fixed[:4] != b"VMA\0":
-            raise ValueError("%s: not a VMA archive" % path)
-        hsize, = struct.unpack_from(">I", fixed, 56)
+        hsize = header_size_of(f, path)
         pieces = [(0, hsize, False)]
         off = hsize
         prev_dev = None
