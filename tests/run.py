@@ -150,10 +150,12 @@ def main(argv):
     wrapper_dir = tempfile.mkdtemp(prefix="vma-linecover-")
     saved = os.environ.get("VMA_TOOL")
     os.environ["VMA_TOOL"] = linecover.make_wrapper(tool, coverage_dir, wrapper_dir)
+    os.environ["VMA_TOOL_SCRIPT"] = tool    # for tests of the script as such (support.SCRIPT)
     try:
         return run(patterns, jobs, verbosity, failfast,
                    lambda: linecover.report(coverage_dir, tool)[1] + "\n")
     finally:
+        os.environ.pop("VMA_TOOL_SCRIPT", None)
         if saved is None:
             os.environ.pop("VMA_TOOL", None)
         else:

@@ -1,6 +1,7 @@
 """Shared test helpers for vma-tool (stdlib only, Python 3.9+).
 
     TOOL                  path of vma-tool (env VMA_TOOL, else <repo>/vma-tool)
+    SCRIPT                the script itself (TOOL, except under `make coverage`: see there)
     unnamed_tool_argv()   how to start vma-tool so that its outputs are created unnamed (O_TMPFILE), with
                           LINK_SHIM where links through /proc fail (link_shim_needed()); None: impossible
     REPO, TESTS_DIR       repository root and tests directory
@@ -55,6 +56,9 @@ for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, si
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS_DIR)
 TOOL = os.path.abspath(os.environ.get("VMA_TOOL") or os.path.join(REPO, "vma-tool"))
+# The script itself, for tests that run it with another interpreter or as another user: under
+# `make coverage` TOOL is a wrapper that needs Python 3.12 and the coverage directory.
+SCRIPT = os.path.abspath(os.environ.get("VMA_TOOL_SCRIPT") or TOOL)
 
 ERROR_PREFIX = "vma-tool: error: "
 

@@ -172,7 +172,7 @@ class PythonVersionTest(support.ScratchCase):
         for python in pythons:
             with self.subTest(python=python):
                 for argv in (["--version"], ["verify", self.put("x.vma", b"x")], ["backup-end", "snapshot", "100"]):
-                    self.check_refusal(subprocess.run([python, support.TOOL] + argv, stdout=subprocess.PIPE,
+                    self.check_refusal(subprocess.run([python, support.SCRIPT] + argv, stdout=subprocess.PIPE,
                                                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                                       timeout=60))
 
@@ -296,11 +296,14 @@ class PapercutTest(support.ScratchCase):
         python = shutil.which("python3", path="/usr/bin:/bin")     # one that nobody may run
         if python is None:
             self.skipTest("no system python3 for uid nobody")
-        r = subprocess.run([python, "-S", support.TOOL, "optimize", self.path("x.vma"),
-                            os.path.join(spaced, "c.vma")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           stdin=subprocess.DEVNULL, preexec_fn=as_nobody, timeout=60)
-        if b"Permission denied" in r.stderr and b"x.vma" in r.stderr.split(b"cannot create")[0]:
-            self.skipTest("uid nobody cannot read the test directory here")
+
+        def run_as_nobody(*args):
+            return subprocess.run([python, "-S", support.SCRIPT] + list(args), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, preexec_fn=as_nobody,
+                                  timeout=60)
+        if run_as_nobody("info", self.path("x.vma")).returncode != 0:
+            self.skipTest("uid nobody cannot run the tool or read the test directory here")
+        r = run_as_nobody("optimize", self.path("x.vma"), os.path.join(spaced, "c.vma"))
         support.assert_clean_error(self, r, "cannot create '%s/c.vma': directory '%s' is not writable"
                                    % (spaced, spaced), code=3)
 
