@@ -308,6 +308,7 @@ class TempDir:
 
     def put(self, name, data):
         p = self.tmp_path(name)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
         with open(p, "wb") as f:
             f.write(data)
         return p

@@ -78,13 +78,6 @@ def expected_archive(vm, configs=None, order=None, ctime=None):
 class PackCase(support.ScratchCase):
     TMP_PREFIX = "vmatest-pack-"
 
-    def put(self, name, data):
-        p = self.path(name)
-        os.makedirs(os.path.dirname(p), exist_ok=True)
-        with open(p, "wb") as f:
-            f.write(data)
-        return p
-
     def pack(self, *args, **kw):
         return run_tool("pack", *args, **kw)
 
