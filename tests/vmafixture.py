@@ -1515,3 +1515,40 @@ def assert_same_content(testcase, archive, vm, allow_missing=False):
     diff = contents_diff(vm, got)
     if diff:
         testcase.fail(diff)
+
+
+# --- content digests (FORMAT.md, "Content digests"), written from the definition ---
+
+def content_digest(disk, size):
+    """(device digest hex, region size, [regional digest hex]) of a disk's bytes."""
+    region = 1 << 30
+    while region * 256 < size:
+        region <<= 1
+    sums = [0] * max(1, -(-size // region))
+    for c in range(-(-size // CLUSTER)):
+        chunk = bytes(disk[c * CLUSTER:min(size, (c + 1) * CLUSTER)])
+        if chunk.count(0) == len(chunk):
+            continue
+        leaf = hashlib.sha256(struct.pack(">Q", c) + chunk).digest()
+        sums[c * CLUSTER // region] += int.from_bytes(leaf, "big")
+    u256 = lambda n: (n % (1 << 256)).to_bytes(32, "big")
+    device = hashlib.sha256(b"vma-tool content" + struct.pack(">Q", size) + u256(sum(sums))).hexdigest()
+    regions = [hashlib.sha256(b"vma-tool region" + struct.pack(">QQQ", size, region, r) + u256(s)).hexdigest()[:16]
+               for r, s in enumerate(sums)]
+    return device, region, regions
+
+
+def digests_blob(vm):
+    """The vma-tool.digests blob of a VM (with regional digests when they fit)."""
+    def text(with_regions):
+        lines = ["vma-tool content digests 1"]
+        for dev_id, i in sorted((d, i) for i, d in enumerate(vm.dev_ids)):
+            dev = vm.devices[i]
+            device, region, regions = content_digest(vm.disk_bytes(i), dev.size)
+            line = "dev_id=%d size=%d sha256=%s" % (dev_id, dev.size, device)
+            if with_regions:
+                line += " regions=%d:%s" % (region, ",".join(regions))
+            lines.append(line + " name=" + dev.name)
+        return ("\n".join(lines) + "\n").encode()
+    blob = text(True)
+    return blob if len(blob) <= 65535 else text(False)
