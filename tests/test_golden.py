@@ -1,6 +1,8 @@
-"""The format by example: tests/golden/canonical-v3.vma, a small canonical archive committed to the
-repository, explained byte by byte (FORMAT.md).  tests/golden/canonical-v2.vma is the same VM in
-the previous canonical form (version 2): a valid archive that is not canonical any more.
+"""The format by example: tests/golden/canonical-v4.vma, a small canonical archive committed to the
+repository, explained byte by byte (FORMAT.md), its vma-tool.digests blob included.
+tests/golden/canonical-v3.vma and canonical-v2.vma are the same VM in the previous canonical forms
+(version 3: the same without the digests blob; version 2: zero runs cut at multiples of 56 too):
+valid archives that are not canonical any more.
 
 The file was written once by the fixture's independent codec (`vmafixture.canonical_archive`) from
 GOLDEN_VM below and is never regenerated silently: a change to it is a change of the format rules
@@ -19,7 +21,8 @@ import unittest
 import support
 import vmafixture as vf
 
-GOLDEN = os.path.join(support.TESTS_DIR, "golden", "canonical-v3.vma")
+GOLDEN = os.path.join(support.TESTS_DIR, "golden", "canonical-v4.vma")
+GOLDEN_V3 = os.path.join(support.TESTS_DIR, "golden", "canonical-v3.vma")
 GOLDEN_V2 = os.path.join(support.TESTS_DIR, "golden", "canonical-v2.vma")
 BLOCK, CLUSTER = 4096, 65536
 
@@ -40,6 +43,28 @@ def golden_vm():
     disk0[9 * CLUSTER:9 * CLUSTER + BLOCK + 512] = b"\x99" * (BLOCK + 512)
     return vf.VM(1764374400, [("qemu-server.conf", CONF)],
                  [("drive-scsi0", SIZE0), ("drive-efidisk0", SIZE1)], [disk0, bytearray(SIZE1)])
+
+
+def digest_of(size, leaves):
+    """FORMAT.md "Definition": the device digest of a device of size bytes (one region: under
+    1 GiB) whose non-zero clusters are {cluster number: content}, and its regional digest."""
+    total = sum(int.from_bytes(hashlib.sha256(struct.pack(">Q", c) + data).digest(), "big")
+                for c, data in leaves.items()) % (1 << 256)
+    device = hashlib.sha256(b"vma-tool content" + struct.pack(">Q", size) + total.to_bytes(32, "big"))
+    region = hashlib.sha256(b"vma-tool region" + struct.pack(">QQQ", size, 1 << 30, 0) + total.to_bytes(32, "big"))
+    return device.hexdigest(), region.hexdigest()[:16]
+
+
+def digests_blob():
+    """The vma-tool.digests blob of golden_vm(), from the definition: drive-scsi0's non-zero
+    clusters are 0, 1 and 9 (9 only up to the device end: 4608 bytes), drive-efidisk0 has none."""
+    scsi0, scsi0_region = digest_of(SIZE0, {0: bytes(2 * BLOCK) + b"\xaa" * BLOCK + bytes(13 * BLOCK),
+                                            1: b"\x11" * CLUSTER, 9: b"\x99" * (BLOCK + 512)})
+    efidisk0, efidisk0_region = digest_of(SIZE1, {})
+    return ("vma-tool content digests 1\n"
+            "dev_id=1 size=%d sha256=%s regions=1073741824:%s name=drive-scsi0\n"
+            "dev_id=2 size=%d sha256=%s regions=1073741824:%s name=drive-efidisk0\n"
+            % (SIZE0, scsi0, scsi0_region, SIZE1, efidisk0, efidisk0_region)).encode()
 
 
 def read_golden(path=GOLDEN):
@@ -79,8 +104,9 @@ class GoldenArchiveTest(unittest.TestCase):
         header[32:48] = bytes(16)
         self.assertEqual(md5, hashlib.md5(header).digest())
         self.assertEqual(self.field(">I", 48), (12288,))                    # blob buffer offset
-        # blob buffer size: 1 (the unused byte at offset 0) + 4 blobs with 2-byte lengths
-        blobs = 1 + (2 + 17) + (2 + len(CONF)) + (2 + 12) + (2 + 15)
+        # blob buffer size: 1 (the unused byte at offset 0) + 6 blobs with 2-byte lengths
+        blobs = 1 + (2 + 17) + (2 + len(CONF)) + (2 + 17) + (2 + len(digests_blob())) + (2 + 12) + (2 + 15)
+        self.assertEqual(blobs, 506)                                        # still fits in 512
         self.assertEqual(self.field(">I", 52), (blobs,))
         self.assertEqual(self.field(">I", 56), (12800,))                    # header size: 12288 + 512
         # 60..2043 reserved (zero; checked by the last test)
@@ -88,7 +114,10 @@ class GoldenArchiveTest(unittest.TestCase):
     def test_2_config_and_device_tables(self):
         self.assertEqual(self.field(">I", 2044), (1,))            # config 0 name -> blob at 1
         self.assertEqual(self.field(">I", 3068), (1 + 2 + 17,))   # config 0 data -> next blob
-        name0 = 1 + 2 + 17 + 2 + len(CONF)
+        digests_name = 1 + 2 + 17 + 2 + len(CONF)                 # config 1, last: vma-tool.digests
+        self.assertEqual(self.field(">I", 2044 + 4), (digests_name,))
+        self.assertEqual(self.field(">I", 3068 + 4), (digests_name + 2 + 17,))
+        name0 = digests_name + 2 + 17 + 2 + len(digests_blob())
         name1 = name0 + 2 + 12
         # device table at 4096, 32 bytes per dev_id, slot 0 unused
         self.assertEqual(self.field(">IIQQQ", 4096 + 32 * 1), (name0, 0, SIZE0, 0, 0))
@@ -99,14 +128,15 @@ class GoldenArchiveTest(unittest.TestCase):
         self.claim(area, 1)                                         # offset 0 is never a blob
         self.assertEqual(self.data[area], 0)
         offset = 1
-        for blob in (b"qemu-server.conf\0", CONF, b"drive-scsi0\0", b"drive-efidisk0\0"):
+        for blob in (b"qemu-server.conf\0", CONF, b"vma-tool.digests\0", digests_blob(), b"drive-scsi0\0",
+                     b"drive-efidisk0\0"):
             self.assertEqual(self.field("<H", area + offset), (len(blob),))    # little-endian length
             self.assertEqual(self.data[area + offset + 2:area + offset + 2 + len(blob)], blob)
             self.claim(area + offset + 2, len(blob))
             offset += 2 + len(blob)
         # the rest of the 512-byte allocation up to 12800 is zero (last test)
 
-    # -- the extents (FORMAT.md "Extents", "Canonical form (version 3)") ----------------------
+    # -- the extents (FORMAT.md "Extents", "Canonical form (version 4)") ----------------------
 
     def extent(self, offset, block_count, slots):
         """Check one extent header: magic, reserved, block count, uuid, MD5, the used slots
@@ -162,6 +192,7 @@ class GoldenProducersTest(support.ScratchCase):
     def test_fixture_codec_reproduces_it(self):
         self.assertTrue(bytes(vf.canonical_archive(golden_vm())) == read_golden(),
                         "the fixture's canonical writer no longer writes the golden archive")
+        self.assertEqual(vf.digests_blob(golden_vm()), digests_blob())
 
     def test_optimize_and_pack_produce_it(self):
         vm = golden_vm()
@@ -172,7 +203,10 @@ class GoldenProducersTest(support.ScratchCase):
             self.assertTrue(self.read(self.path("out-%s.vma" % order)) == golden, order)
             r = support.run_tool("optimize", "-", "-", input=self.read(src))
             self.assertOk(r)
-            self.assertTrue(r.stdout == golden, order + " through a pipe")
+            # standard output cannot carry the digests: version 3's bytes, the golden ones but the blob
+            self.assertTrue(r.stdout == read_golden(GOLDEN_V3), order + " through a pipe")
+            self.assertOk(support.run_tool("optimize", "-", self.path("piped-%s.vma" % order), input=r.stdout))
+            self.assertTrue(self.read(self.path("piped-%s.vma" % order)) == golden, order + " from a pipe")
         support.write_unpacked_dir(vm, self.path("d"))
         self.assertOk(support.run_tool("pack", "--ctime", str(vm.ctime), self.path("d"), self.path("p.vma")))
         self.assertTrue(self.read(self.path("p.vma")) == golden, "pack")
@@ -181,29 +215,38 @@ class GoldenProducersTest(support.ScratchCase):
         self.assertIn(b'"canonical": true', r.stdout)
 
     def test_version_2_file_is_rewritten(self):
-        """The same VM in canonical form version 2 (zero runs cut at multiples of 56): a valid
-        archive, not canonical any more (its extent layout); optimize in place rewrites it into
-        the golden bytes."""
-        v2 = read_golden(GOLDEN_V2)
-        self.assertTrue(bytes(vf.canonical_archive_v2(golden_vm())) == v2,
-                        "the fixture's version 2 writer no longer writes canonical-v2.vma")
-        self.assertNotEqual(v2, read_golden())
-        r = support.run_tool("info", "--json", GOLDEN_V2)
+        """The same VM in canonical form version 2 (zero runs cut at multiples of 56, no digests):
+        a valid archive, not canonical any more; optimize in place rewrites it into the golden
+        bytes."""
+        self.check_old_version(GOLDEN_V2, vf.canonical_archive_v2, '"no digests",\n    "extent layout"')
+
+    def test_version_3_file_is_rewritten(self):
+        """The same VM in canonical form version 3 (as version 4 without the digests blob): not
+        canonical any more (no digests); optimize in place adds them."""
+        self.check_old_version(GOLDEN_V3, vf.canonical_archive_v3, '"no digests"')
+
+    def check_old_version(self, path, writer, reasons):
+        old = read_golden(path)
+        self.assertTrue(bytes(writer(golden_vm())) == old,
+                        "the fixture's old writer no longer writes %s" % os.path.basename(path))
+        self.assertNotEqual(old, read_golden())
+        r = support.run_tool("info", "--json", path)
         self.assertOk(r)
         self.assertIn(b'"canonical": false', r.stdout)
-        self.assertIn(b'"not_canonical": [\n    "extent layout"\n  ]', r.stdout)
-        path = self.put("v2.vma", v2)
-        r = support.run_tool("optimize", path)
+        self.assertIn(('"not_canonical": [\n    %s\n  ]' % reasons).encode(), r.stdout)
+        copy = self.put("old.vma", old)
+        r = support.run_tool("optimize", copy)
         self.assertOk(r)
         self.assertIn(b"optimized", r.stdout)
-        self.assertTrue(self.read(path) == read_golden(), "optimize in place of the v2 file")
+        self.assertTrue(self.read(copy) == read_golden(), "optimize in place of %s" % os.path.basename(path))
 
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--regenerate"]:
         os.makedirs(os.path.dirname(GOLDEN), exist_ok=True)
         vf.canonical_archive(golden_vm(), GOLDEN)
+        vf.canonical_archive_v3(golden_vm(), GOLDEN_V3)
         vf.canonical_archive_v2(golden_vm(), GOLDEN_V2)
-        print("wrote", GOLDEN, GOLDEN_V2)
+        print("wrote", GOLDEN, GOLDEN_V3, GOLDEN_V2)
     else:
         unittest.main()

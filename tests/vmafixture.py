@@ -849,9 +849,22 @@ def canonical_extents(vm):
 
 
 def canonical_archive(vm, dest=None):
-    """The canonical form, version 3 (FORMAT.md "Canonical form (version 3)"), i.e. exactly what
-    `vma-tool optimize` and `pack` write for vm, uncompressed.  dest: path, binary file object or
-    None.  Returns the number of bytes written, or the archive bytes when dest is None.
+    """The canonical form, version 4 (FORMAT.md "Canonical form (version 4)"), i.e. exactly what
+    `vma-tool optimize` and `pack` write for vm to a file, uncompressed.  dest: path, binary file
+    object or None.  Returns the number of bytes written, or the archive bytes when dest is None.
+
+    As version 3 (canonical_archive_v3), with one more config, last: vma-tool.digests holding
+    digests_blob(vm) (a config of that name in vm.configs is left out, as the tool never copies one)."""
+    configs = [(n, d) for n, d in vm.configs if n != DIGESTS_NAME] + [(DIGESTS_NAME, digests_blob(vm))]
+    return _write_canonical(vm, dest, _canonical_starts_here, configs)
+
+
+DIGESTS_NAME = "vma-tool.digests"
+
+
+def canonical_archive_v3(vm, dest=None):
+    """The previous canonical form (version 3, not canonical any more: no digests blob), what
+    `optimize` writes to standard output.  dest: as canonical_archive.
 
     uuid CANONICAL_UUID; header as build_header (configs in slot order, then device names by
     dev_id, ctime kept); devices in descending dev_id order; in each device clusters 0..n-1 once
@@ -863,15 +876,15 @@ def canonical_archive(vm, dest=None):
 
 
 def canonical_archive_v2(vm, dest=None):
-    """The previous canonical form (version 2, not canonical any more): as canonical_archive but
+    """The canonical form version 2 (not canonical any more): as canonical_archive_v3 but
     a new extent at cluster c iff c == 0, c % 56 == 0, zero(c) != zero(c-1), or (c % 8 == 0 and
     not zero(c))."""
     return _write_canonical(vm, dest, _canonical_v2_starts_here)
 
 
-def _write_canonical(vm, dest, starts_here):
+def _write_canonical(vm, dest, starts_here, configs=None):
     order = _canonical_device_order(vm)
-    header = build_header(vm.ctime, vm.configs,
+    header = build_header(vm.ctime, vm.configs if configs is None else configs,
                           [(vm.dev_ids[i], d.name, d.size) for i, d in enumerate(vm.devices)],
                           CANONICAL_UUID)
     out = _Output(dest)
