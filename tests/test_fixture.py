@@ -456,7 +456,7 @@ class CanonicalV3(unittest.TestCase):
         self.assertEqual(lay.end, len(data), "bytes after the last extent")
         self.assertEqual(lay.uuid, F.CANONICAL_UUID)
         self.assertEqual(data[:lay.header_size],
-                         F.build_header(vm.ctime, vm.configs,
+                         F.build_header(vm.ctime, F.canonical_configs(vm),
                                         [(vm.dev_ids[i], d.name, d.size)
                                          for i, d in enumerate(vm.devices)], F.CANONICAL_UUID))
         sizes = dict(zip(vm.dev_ids, [d.size for d in vm.devices]))
@@ -630,7 +630,7 @@ class CanonicalV3(unittest.TestCase):
                 lay = F.parse_layout(data)
                 self.assertEqual(len(data), lay.header_size + 512)
                 self.assertEqual(data[:lay.header_size],
-                                 F.build_header(vm.ctime, configs, [], F.CANONICAL_UUID))
+                                 F.build_header(vm.ctime, F.canonical_configs(vm), [], F.CANONICAL_UUID))
                 ext = bytearray(data[lay.header_size:])
                 self.assertEqual(ext[:8], b"VMAE\0\0\0\0")           # magic, reserved1, block_count 0
                 self.assertEqual(bytes(ext[8:24]), F.CANONICAL_UUID)

@@ -855,11 +855,15 @@ def canonical_archive(vm, dest=None):
 
     As version 3 (canonical_archive_v3), with one more config, last: vma-tool.digests holding
     digests_blob(vm) (a config of that name in vm.configs is left out, as the tool never copies one)."""
-    configs = [(n, d) for n, d in vm.configs if n != DIGESTS_NAME] + [(DIGESTS_NAME, digests_blob(vm))]
-    return _write_canonical(vm, dest, _canonical_starts_here, configs)
+    return _write_canonical(vm, dest, _canonical_starts_here, canonical_configs(vm))
 
 
 DIGESTS_NAME = "vma-tool.digests"
+
+
+def canonical_configs(vm):
+    """The configs of vm's canonical archive: its own (but a vma-tool.digests), then the digests blob."""
+    return [(n, d) for n, d in vm.configs if n != DIGESTS_NAME] + [(DIGESTS_NAME, digests_blob(vm))]
 
 
 def canonical_archive_v3(vm, dest=None):
@@ -1149,9 +1153,11 @@ def parse_header(data, strict=False):
     return _parse_header(data, strict=strict)
 
 
-def restore(src, allow_missing=False, complete=None):
+def restore(src, allow_missing=False, complete=None, digests=False):
     """Strict reader like Proxmox `vma extract` (plus stricter checks: cluster numbers must be
-    < ceil(size/65536), dev_ids must be declared).  Returns (configs, {device name: bytes}).
+    < ceil(size/65536), dev_ids must be declared).  Returns (configs, {device name: bytes}); the
+    configs leave out vma-tool.digests unless digests (a restore never uses it: FORMAT.md,
+    "Proxmox and the blob"), so a VM compares equal to the archive vma-tool writes of it.
     Raises ValueError with a message naming the problem (and the offset where meaningful).
     complete: names of the devices that must have every cluster (default: all), as Proxmox checks
     only the devices it extracts; allow_missing: none must."""
@@ -1246,7 +1252,7 @@ def restore(src, allow_missing=False, complete=None):
             del buf[:]
         else:
             disks[name] = buf       # avoid a second copy of a huge device (compares like bytes)
-    return list(h.configs), disks
+    return [(name, data) for name, data in h.configs if digests or name != DIGESTS_NAME], disks
 
 
 # ---------------------------------------------------------------------------------------------
