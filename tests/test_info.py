@@ -20,7 +20,8 @@ from test_optimize import canonical_for_vm  # noqa: E402  (independent canonical
 CLUSTER = 65536
 BLOCK = 4096
 CANON_UUID = uuid.UUID("12345678-aabb-ccdd-eeff-aabbccddeeff").bytes
-REASONS = {"uuid", "header", "order", "extent layout", "stored zero blocks", "data past device end"}
+REASONS = {"uuid", "header", "no digests", "digests", "order", "extent layout", "stored zero blocks",
+           "data past device end"}
 KEYS = {"file", "uuid", "ctime", "ctime_iso", "header_size", "archive_size", "extents", "configs",
         "devices", "canonical", "not_canonical"}
 
@@ -250,10 +251,25 @@ class CanonicalFlagTest(InfoCase):
     def test_extent_layout_only(self):
         # one device: clusters in canonical order, the old 59-cluster (version 1) layout
         vm = vf.make_vm(304, devices=[DEVICES[1]])
-        self.assertEqual(self.reasons(vf.canonical_archive_v1(vm)), ["extent layout"])
+        self.assertEqual(self.reasons(vf.canonical_archive_v1(vm)), ["no digests", "extent layout"])
+        configs = vf.canonical_configs(vm)         # with the digests blob, as version 4 has it
+        vm = vf.VM(vm.ctime, configs, vm.devices, vm.disks, vm.dev_ids)
         data = vf.write_archive(vm, None, seed=1, order="sequential", per_extent=8,
                                 uuid=CANON_UUID, device_break=True)
         self.assertEqual(self.reasons(data), ["extent layout"])
+
+    def test_no_digests_only(self):
+        """Version 3 of the canonical form: all but the digests blob (what optimize writes to stdout)."""
+        self.assertEqual(self.reasons(vf.canonical_archive_v3(self.vm())), ["no digests"])
+
+    def test_digests_blob_not_last_or_not_as_written(self):
+        vm = self.vm()
+        configs = vf.canonical_configs(vm)
+        moved = vf.VM(vm.ctime, [configs[-1]] + configs[:-1], vm.devices, vm.disks, vm.dev_ids)
+        self.assertEqual(self.reasons(vf.canonical_archive_v3(moved)), ["header"])
+        short = configs[:-1] + [(configs[-1][0], configs[-1][1].split(b"\n", 1)[0] + b"\n")]   # lines missing
+        self.assertEqual(self.reasons(vf.canonical_archive_v3(vf.VM(vm.ctime, short, vm.devices, vm.disks,
+                                                                     vm.dev_ids))), ["digests"])
 
     def test_version_1_is_not_canonical(self):
         reasons = self.reasons(vf.canonical_archive_v1(self.vm()))
