@@ -556,7 +556,7 @@ class CompressedWriteTests(CompressionCase):
         src = self.put("x.vma.zst", compressed_archive("zst"))
         r = run_tool("optimize", src, "-")
         self.assertOk(r)
-        self.assertSameBytes(r.stdout, canonical(), "optimize to stdout")
+        self.assertSameBytes(r.stdout, bytes(fx.canonical_archive_v3(default_vm())), "optimize to stdout (no digests)")
 
     @unittest.skipUnless(ZSTD, "zstd program not installed")
     def test_pack_to_zst(self):

@@ -933,13 +933,78 @@ def framed_units(plain):
 
 
 def framed_zstd(plain, compress):
-    """The compressed form of a plain canonical archive: every unit of framed_units as one frame
-    by compress(bytes) -> bytes, CUT_MARK before the units that need one."""
+    """The compressed form of a plain canonical archive: the header as raw_frame(), every other
+    unit of framed_units as one frame by compress(bytes) -> bytes, CUT_MARK before the units that
+    need one."""
     out = []
-    for mark, unit in framed_units(bytes(plain)):
+    for number, (mark, unit) in enumerate(framed_units(bytes(plain))):
         if mark:
             out.append(CUT_MARK)
-        out.append(compress(unit))
+        out.append(raw_frame(unit) if number == 0 else compress(unit))
+    return b"".join(out)
+
+
+_M64 = (1 << 64) - 1
+_P1, _P2, _P3, _P4, _P5 = (11400714785074694791, 14029467366897019727, 1609587929392839161,
+                           9650029242287828579, 2870177450012600261)
+
+
+def _rotl(x, r):
+    return ((x << r) | (x >> (64 - r))) & _M64
+
+
+def _xxh_round(acc, lane):
+    return (_rotl((acc + lane * _P2) & _M64, 31) * _P1) & _M64
+
+
+def xxh64(data, seed=0):
+    """XXH64 as its specification (xxhash's doc/xxhash_spec.md) describes it."""
+    n, p = len(data), 0
+    if n >= 32:
+        v = [(seed + _P1 + _P2) & _M64, (seed + _P2) & _M64, seed, (seed - _P1) & _M64]
+        while p + 32 <= n:
+            for i in range(4):
+                v[i] = _xxh_round(v[i], struct.unpack_from("<Q", data, p + 8 * i)[0])
+            p += 32
+        h = (_rotl(v[0], 1) + _rotl(v[1], 7) + _rotl(v[2], 12) + _rotl(v[3], 18)) & _M64
+        for x in v:
+            h = ((h ^ _xxh_round(0, x)) * _P1 + _P4) & _M64
+    else:
+        h = (seed + _P5) & _M64
+    h = (h + n) & _M64
+    while p + 8 <= n:
+        h = (_rotl(h ^ _xxh_round(0, struct.unpack_from("<Q", data, p)[0]), 27) * _P1 + _P4) & _M64
+        p += 8
+    if p + 4 <= n:
+        h = (_rotl(h ^ (struct.unpack_from("<I", data, p)[0] * _P1 & _M64), 23) * _P2 + _P3) & _M64
+        p += 4
+    while p < n:
+        h = (_rotl(h ^ (data[p] * _P5 & _M64), 11) * _P1) & _M64
+        p += 1
+    h ^= h >> 33
+    h = h * _P2 & _M64
+    h ^= h >> 29
+    h = h * _P3 & _M64
+    return h ^ (h >> 32)
+
+
+def raw_frame(data):
+    """data as a zstd frame of raw blocks (FORMAT.md "The compressed form", RFC 8878): magic,
+    descriptor (content size field, single segment, checksum), the content size, blocks of at most
+    128 KiB each behind a 3-byte header (size << 3 | type 0 | last), the low 32 bits of XXH64."""
+    n = len(data)
+    if n < 256:
+        fcs_code, fcs = 0, struct.pack("<B", n)
+    elif n < 65536 + 256:
+        fcs_code, fcs = 1, struct.pack("<H", n - 256)
+    else:
+        fcs_code, fcs = 2, struct.pack("<I", n)
+    out = [struct.pack("<I", 0xFD2FB528), bytes([fcs_code << 6 | 0x20 | 0x04]), fcs]
+    for start in range(0, n, 128 << 10):
+        block = data[start:start + (128 << 10)]
+        last = start + len(block) == n
+        out += [struct.pack("<I", len(block) << 3 | last)[:3], block]
+    out.append(struct.pack("<I", xxh64(data) & 0xFFFFFFFF))
     return b"".join(out)
 
 
