@@ -51,6 +51,12 @@ def extent_key(ext):
     return ext.slots[0][1], ext.slots[0][2], len(ext.slots)
 
 
+def digests_span(header):
+    """[start, end) of the vma-tool.digests blob's text in a header (FORMAT.md)."""
+    start = bytes(header).index(b"vma-tool content digests 1\n")
+    return start, start + int.from_bytes(header[start - 2:start], "little")
+
+
 class DedupPropertyTest(support.TempDir, unittest.TestCase):
 
     def optimize(self, vm, name, **kw):
@@ -113,13 +119,15 @@ class DedupPropertyTest(support.TempDir, unittest.TestCase):
                            empty_extents=True, stored_zero_blocks=True, tail_garbage=True,
                            uuid=bytes(range(16)))
         la, lb, differ = self.compare(da, db, a, b, changed)
-        # header: same size, differs only in ctime (24..32) and the MD5 (32..48)
+        # header: same size, differs only in ctime (24..32), the MD5 (32..48) and the digests
         self.assertEqual(la.header_size, lb.header_size)
         ha, hb = da[:la.header_size], db[:lb.header_size]
         diff_pos = [i for i in range(len(ha)) if ha[i] != hb[i]]
         self.assertTrue(diff_pos, "headers identical although ctime differs")
-        self.assertTrue(all(24 <= i < 48 for i in diff_pos),
-                        "header differs outside ctime/md5 at %s" % diff_pos[:10])
+        blob = digests_span(ha)
+        self.assertEqual(blob, digests_span(hb))
+        self.assertTrue(all(24 <= i < 48 or blob[0] <= i < blob[1] for i in diff_pos),
+                        "header differs outside ctime/md5/digests at %s" % diff_pos[:10])
         # extents before the first differing one sit at the same offsets
         first = min(i for i, e in enumerate(lb.extents) if extent_key(e) in differ)
         for ea, eb in zip(la.extents[:first], lb.extents[:first]):
@@ -163,7 +171,10 @@ class DedupPropertyTest(support.TempDir, unittest.TestCase):
         self.assertEqual(differ, {key for key in map(extent_key, la.extents)
                                   for d, c in targets if key[0] == d and key[1] <= c < key[1] + key[2]})
         self.assertEqual(len(da), len(db))
-        self.assertTrue(da[:la.header_size] == db[:lb.header_size], "headers differ")
+        ha, hb = da[:la.header_size], db[:lb.header_size]
+        start, end = digests_span(ha)            # the digests of the changed clusters' devices differ
+        self.assertTrue(ha[:32] + ha[48:start] + ha[end:] == hb[:32] + hb[48:start] + hb[end:],
+                        "headers differ outside the MD5 and the digests")
         for ea, eb in zip(la.extents, lb.extents):
             self.assertEqual(ea.offset, eb.offset)
 
