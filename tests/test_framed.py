@@ -186,6 +186,14 @@ class FramedTest(support.ScratchCase):
                           if n == 5 else compress_frame(unit)) for n, (mark, unit) in enumerate(units))
         self.assertIn(b'"compression"', run_tool("info", "--json", self.put("y.vma.zst", other)).stdout)
 
+    def test_raw_header_frame_is_what_libzstd_writes_for_incompressible_data(self):
+        """The header frame (raw blocks, so that it can be written again with the digests) is the
+        frame libzstd's one-shot compression gives data it cannot compress: the fixture's
+        raw_frame, built from RFC 8878, agrees with it for every content size field width."""
+        for size in (100, 12800, 65791, 65792, 131072, 131073, 300000):
+            noise = os.urandom(size)
+            self.assertTrue(vf.raw_frame(noise) == compress_frame(noise), size)
+
     def test_signal_during_compression_leaves_nothing(self):
         src = self.source(seed=4)
         before = sorted(os.listdir(self.tmp))
