@@ -248,6 +248,7 @@ class ReadBack(Case):
         self.assertNotIn("Traceback", err)
         self.assertEqual(len(err.splitlines()), 1, err)
         self.assertIn("read back", err)
+        self.assertIn(name + ": ", err)           # names the file
         self.assertTrue(self.read(src) == archive, "the original changed")
         self.assertEqual(os.listdir(self.tmp), [name], "the temporary stayed")
 
