@@ -113,6 +113,16 @@ class UnpackCatTest(DigestCase):
                            "drive-scsi0", code=1)
         self.assertFalse(os.path.lexists(self.path("two")))
 
+    def test_unpack_allow_missing_does_not_check_an_incomplete_device(self):
+        vm = with_digests(digest_vm())
+        src = self.archive(vf.write_archive(vm, None, seed=3, omit=[(1, 4)]))
+        r = run_tool("unpack", "--allow-missing", src, self.path("out"))
+        self.assertOk(r)
+        self.assertIn(b"missing clusters left as zeros", r.stderr)
+        data = flip_data_byte(vf.write_archive(vm, None, seed=3, omit=[(1, 4)]), 3)
+        assert_clean_error(self, run_tool("unpack", "--allow-missing", self.archive(data), self.path("two")),
+                           "device 3 (drive-scsi1)", code=1)
+
     def test_cat_fails_after_writing_a_flipped_byte(self):
         src = self.archive(flip_data_byte(digest_archive(), 2))
         size = DEVICES[1][1]

@@ -698,6 +698,12 @@ class DigestTest(VerifyCase):
                 r, result = self.verify_json(self.digest_archive(blob))
                 self.assertEqual((result["exit_status"], result["digests"]), (1, "malformed"))
 
+    def test_a_truncated_archive_leaves_the_data_unchecked(self):
+        data = self.digest_archive()
+        r, result = self.verify_json(data[:len(data) - 5000])
+        self.assertEqual((result["exit_status"], result["digests"]), (1, "unchecked"))
+        self.assertNotIn(b"does not match", r.stderr)
+
     def test_zero_and_garbage_blocks_do_not_count(self):
         data = self.digest_archive(stored_zero_blocks=True, tail_garbage=True, order="random")
         self.assertValid(data)
