@@ -24,8 +24,12 @@ with zstd, and times in one run, each figure next to the floor it is compared to
           vma-tool's optimize has no --threads)
   unpack from a file and from a pipe        x cp+sync no worse than a BENCH_BASELINE run
   pack (time <= 2 x cp -r images), verify, info
+  verify of the archive with its vma-tool.digests blob (every stored byte hashed): time <=
+          1.2 x sha256sum of the same file (paired); digest of the largest raw image (vs its
+          sha256sum)
 
-and, unless BENCH_SCALE=0, verify / optimize / unpack of an archive with a 1 TiB sparse device
+and, unless BENCH_SCALE=0, verify / digest --like / optimize / unpack of an archive with a 1 TiB
+sparse device (carrying its content digests; digest reads a sparse image of that device)
 (16.7 M clusters, a few MiB of data; written by vmafixture.write_sparse_archive, which streams
 the zero clusters without materialising the disk): each < 60 s and < 200 MiB, and the optimized
 size within 1 % of SCALE_OPTIMIZED_BASELINE.
@@ -63,6 +67,7 @@ Stdlib only, Python 3.9+; zstd for the compressed rows.
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -70,6 +75,7 @@ import random
 import shlex
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -208,11 +214,41 @@ def bench_vm(workdir, total, seed=1):
 # write_archive handles 16.7 M clusters slowly)
 
 
+def sparse_digests_blob(devices, content):
+    """The vma-tool.digests blob (FORMAT.md, "Content digests") of devices [(name, size)] whose
+    only non-zero clusters are content[name] {cluster: bytes}: the definition, leaf by leaf."""
+    lines = ["vma-tool content digests 1"]
+    for dev_id, (name, size) in enumerate(devices, 1):
+        region = GiB
+        while region * 256 < size:
+            region <<= 1
+        sums = [0] * max(1, -(-size // region))
+        for c, data in content[name].items():
+            chunk = data[:max(0, min(CLUSTER, size - c * CLUSTER))]
+            if chunk.count(0) != len(chunk):
+                leaf = hashlib.sha256(struct.pack(">Q", c) + chunk).digest()
+                sums[c * CLUSTER // region] += int.from_bytes(leaf, "big")
+        u256 = lambda n: (n % (1 << 256)).to_bytes(32, "big")  # noqa: E731
+        device = hashlib.sha256(b"vma-tool content" + struct.pack(">Q", size) + u256(sum(sums)))
+        regions = [hashlib.sha256(b"vma-tool region" + struct.pack(">QQQ", size, region, r) +
+                                  u256(v)).hexdigest()[:16] for r, v in enumerate(sums)]
+        lines.append("dev_id=%d size=%d sha256=%s regions=%d:%s name=%s" % (
+            dev_id, size, device.hexdigest(), region, ",".join(regions), name))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def with_digests(vm):
+    """A copy of vm that carries its vma-tool.digests blob as its last config."""
+    return vmafixture.VM(vm.ctime, vm.configs + [("vma-tool.digests", vmafixture.digests_blob(vm))],
+                         [(d.name, d.size) for d in vm.devices], vm.disks, vm.dev_ids)
+
+
 def write_sparse_archive(path, big_size=TiB, seed=7, data_clusters=64):
     """Archive with drive-efidisk0 (540672 bytes) and drive-scsi0 (big_size, mostly zero: the
     first 1 MiB and data_clusters scattered clusters hold data) in Proxmox order (scsi0 first,
     three copy-before-write data clusters of its second half at the very start, then 16 chunk
-    workers interleaved cluster by cluster, 58 clusters per extent).
+    workers interleaved cluster by cluster, 58 clusters per extent), carrying its content
+    digests (so verify and unpack check them).
     Returns (archive size, {device name: {cluster: 65536 bytes}}, configs, devices) for checking."""
     rng = random.Random(seed)
     uuid = bytes(rng.getrandbits(8) for _ in range(16))
@@ -225,6 +261,7 @@ def write_sparse_archive(path, big_size=TiB, seed=7, data_clusters=64):
     for c in (0, 1, 8):                                 # efidisk: 8.25 clusters
         content["drive-efidisk0"][c] = rng.randbytes(CLUSTER if c < 8 else BLOCK) + \
             (bytes(CLUSTER - BLOCK) if c == 8 else b"")
+    configs = configs + [("vma-tool.digests", sparse_digests_blob(devices, content))]
     # three data clusters of the second half were copied before write: they come first
     cbw = sorted(c for c in content["drive-scsi0"] if c >= ncl // 2)[:3]
     groups = vmafixture.proxmox_cluster_groups
@@ -806,6 +843,23 @@ def main():
         add("verify", R.measure(tool("verify", "-q", src)), asize, "cp")
         add("info", R.measure(tool("info", src)), asize, "cp")
 
+        # --- content digests: verify of an archive that carries them hashes every stored byte
+        # (target <= 1.2 x sha256sum of the file, paired); digest of the largest raw image
+        srcd = os.path.join(tmp, "src-digests.vma")
+        vmafixture.write_archive(with_digests(vm), srcd, seed=3, order="proxmox")
+        subprocess.call(["cp", srcd, os.devnull])       # warm the cache
+        add("sha256sum archive", R.measure(["sha256sum", srcd]), asize, "cp")
+        add("verify, archive with digests", R.measure(
+            tool("verify", "-q", srcd), pair=("sha256sum archive", ["sha256sum", srcd], False, None)),
+            asize, "cp", [("time", "sha256sum archive", 1.2)])
+        rm(srcd)
+        image = max((os.path.join(imgdir, "disk-%s.raw" % name) for name, _ in vm.devices),
+                    key=os.path.getsize)
+        add("sha256sum largest image", R.measure(["sha256sum", image]), os.path.getsize(image), None)
+        add("digest largest image", R.measure(
+            tool("digest", image), pair=("sha256sum largest image", ["sha256sum", image], False, None)),
+            os.path.getsize(image), None, [("vs", "sha256sum largest image")])
+
         # --- 1 TiB sparse device
         if scale:
             big = os.path.join(tmp, "big.vma")
@@ -852,8 +906,17 @@ def main():
                     failures.append("1 TiB optimize output does not verify: %s"
                                     % (r.stderr.strip().splitlines() or ["?"])[-1])
 
+            # the restored disk: a sparse image of drive-scsi0, checked against the archive
+            bimage = os.path.join(tmp, "big-image.raw")
+            with open(bimage, "wb") as f:
+                for c, d in sorted(bcontent["drive-scsi0"].items()):
+                    f.seek(c * CLUSTER)
+                    f.write(d)
+                f.truncate(dict(bdevices)["drive-scsi0"])
             for name, cmd, after, clean in (
                     ("verify", tool("verify", "-q", big), None, None),
+                    ("digest --like (sparse image)", tool("digest", "--like", big, "--device",
+                                                          "drive-scsi0", bimage), None, None),
                     ("optimize", tool("optimize", "-q", big, bout), check_big_out,
                      lambda: rm(bout)),
                     ("unpack", tool("unpack", "-q", big, bdir), check_big_unpack,
@@ -865,6 +928,7 @@ def main():
             add("1 TiB sparse: optimized size", res, None, None,
                 [("size", SCALE_OPTIMIZED_BASELINE, 0.01)], group="size")
             rm(big)
+            rm(bimage)
 
         floor = R.measure(["true"], runs=1)
         missed = print_report(opts.markdown, rows, size, asize, isize, runs, vm,

@@ -2,6 +2,7 @@
 completeness check (every cluster of every device exactly once), plus the cases Proxmox accepts
 (which must exit 0)."""
 import gzip
+import json
 import os
 import random
 import re
@@ -621,6 +622,91 @@ class AcceptedTest(VerifyCase):
     def test_vmstate_in_order(self):
         vm = vf.make_vm(34, devices=[("vmstate", 3 * CLUSTER), ("drive-scsi0", 2 * CLUSTER)])
         self.assertValid(vf.write_archive(vm, None, seed=2, order="proxmox", per_extent=2))
+
+
+def with_digests(vm, blob=None):
+    """A copy of vm whose configs end with a vma-tool.digests blob (the right one by default)."""
+    copy = vm.copy()
+    copy.configs = copy.configs + [("vma-tool.digests", vf.digests_blob(vm) if blob is None else blob)]
+    return copy
+
+
+def flip_data_byte(data, dev_id, skip=0):
+    """Flip one byte inside a full stored cluster of dev_id (the skip-th such entry);
+    returns the cluster's number."""
+    entries = [(cluster, pos) for _, _, mask, dev, cluster, pos in vf.parse_layout(bytes(data)).entries()
+               if dev == dev_id and mask == 0xFFFF]
+    cluster, pos = entries[skip]
+    data[pos + 1000] ^= 0x40
+    return cluster
+
+
+class DigestTest(VerifyCase):
+    """verify reads the data and checks it against the archive's vma-tool.digests blob."""
+
+    def digest_archive(self, blob=None, **kw):
+        kw.setdefault("seed", 2)
+        return bytearray(vf.write_archive(with_digests(self.vm(), blob), None, **kw))
+
+    def verify_json(self, data, *opts):
+        r = self.verify(data, "--json", *opts)
+        return r, json.loads(r.stdout.decode().splitlines()[-1])
+
+    def test_archives_with_digests_are_checked(self):
+        for order in ("proxmox", "random", "sequential"):
+            with self.subTest(order=order):
+                r, result = self.verify_json(self.digest_archive(order=order))
+                self.assertEqual((r.returncode, result["result"], result["digests"]), (0, "ok", "checked"))
+        r = self.verify(self.digest_archive(), "-v")
+        self.assertIn(b"data: checked", r.stdout)
+
+    def test_without_digests_the_data_is_unchecked(self):
+        r = self.assertValid(self.base(), "-v")
+        self.assertIn(b"data: unchecked", r.stdout)
+        r, result = self.verify_json(self.base())
+        self.assertEqual(result["digests"], "absent")
+
+    def test_a_flipped_data_byte_names_the_device_and_byte_range(self):
+        data = self.digest_archive(order="proxmox")
+        flip_data_byte(data, 2)
+        r = self.assertInvalid(data, "device 2 (drive-scsi0)", "digest")
+        size = DEVICES[1][1]
+        self.assertLineNames(r, "does not match", "bytes 0-%d" % (size - 1))
+        r, result = self.verify_json(data)
+        self.assertEqual((result["result"], result["exit_status"], result["digests"]), ("invalid", 1, "mismatch"))
+        r = support.run_tool("verify", "-", input=bytes(data))
+        support.assert_clean_error(self, r, "device 2 (drive-scsi0)", code=1, multiple=True)
+
+    def test_a_flipped_digest_line_is_a_mismatch(self):
+        blob = vf.digests_blob(self.vm())
+        line = blob.split(b"\n")[3]                    # dev_id 3
+        at = blob.index(line) + line.index(b"sha256=") + 7
+        blob = blob[:at] + (b"1" if blob[at:at + 1] != b"1" else b"2") + blob[at + 1:]
+        r = self.assertInvalid(self.digest_archive(blob), "device 3 (drive-scsi1)", "does not match")
+        self.assertNotIn(b"drive-scsi0", r.stderr)
+
+    def test_a_missing_line_is_a_problem(self):
+        blob = b"".join(line + b"\n" for line in vf.digests_blob(self.vm()).split(b"\n")[:-1]
+                        if b"name=drive-efidisk0" not in line)
+        self.assertInvalid(self.digest_archive(blob), "device 1 (drive-efidisk0)", "no line")
+
+    def test_a_malformed_blob_is_a_problem(self):
+        for blob in (b"garbage\n", vf.digests_blob(self.vm())[:-1], b"\xff\n",
+                     vf.digests_blob(self.vm()).replace(b"size=", b"size=x")):
+            with self.subTest(blob=blob[:40]):
+                self.assertInvalid(self.digest_archive(blob), "vma-tool.digests")
+                r, result = self.verify_json(self.digest_archive(blob))
+                self.assertEqual((result["exit_status"], result["digests"]), (1, "malformed"))
+
+    def test_a_truncated_archive_leaves_the_data_unchecked(self):
+        data = self.digest_archive()
+        r, result = self.verify_json(data[:len(data) - 5000])
+        self.assertEqual((result["exit_status"], result["digests"]), (1, "unchecked"))
+        self.assertNotIn(b"does not match", r.stderr)
+
+    def test_zero_and_garbage_blocks_do_not_count(self):
+        data = self.digest_archive(stored_zero_blocks=True, tail_garbage=True, order="random")
+        self.assertValid(data)
 
 
 if __name__ == "__main__":
