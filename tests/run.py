@@ -77,8 +77,8 @@ def _matches(mod, patterns):
 
 
 # Slowest first, so that the last module to finish is a short one.
-SLOW_FIRST = ("test_hostile", "test_optimize", "test_faults", "test_safety", "test_compression",
-              "test_unpack", "test_hook")
+SLOW_FIRST = ("test_hostile", "test_faults", "test_hook", "test_unpack", "test_recipes", "test_optimize",
+              "test_safety", "test_compression", "test_pack")
 SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed, (\d+) skipped$", re.M)
 
 
