@@ -157,6 +157,11 @@ Settings of the vzdump hook (\fBVMA_TOOL_CONFIG\fR names another file):
 \fIname\fR = \fIvalue\fR lines, \fB#\fR starts a comment.
 The installed file lists every setting with its default, commented out.
 \fBVMA_TOOL_\fR\fINAME\fR environment variables override them (vzdump passes none; a wrapper script may).
+.SH ENVIRONMENT
+.TP
+.B VMA_TOOL_DIGEST_WORKERS
+How many processes hash the content digests once a run has hashed 16 MiB (default: one a core,
+at most 4, none on the cores an output's compressor takes, none on one core); 0 hashes everything in the one process.
 """
 
 EXIT_SECTION = r"""
