@@ -21,7 +21,8 @@ disk models, each written as two Proxmox-like archives a.vma / b.vma with the fi
               compress about 1.25 : 1); upgrades rewrite files with other host files.  Its
               figures depend on the host's /usr.
 
-Variants (rows; --variants picks some; the default leaves out the /8 and /32 spacings):
+Variants (rows; --variants picks some; the default leaves out the /8 and /32 spacings and the
+frame per extent):
 
   raw           the disk images themselves (concatenated; the floor)
   original      the archives as Proxmox writes them
@@ -35,9 +36,11 @@ Variants (rows; --variants picks some; the default leaves out the /8 and /32 spa
                 says it is vma-tool's framed form, e.g. with VMA_TOOL or --tool naming it)
   framed .zst   the optimized archive as independent zstd level-3 frames, made here (libzstd
                 through ctypes, else one zstd process per frame): the header one frame, one
-                frame per extent, and a skippable frame of 64 zero bytes (magic 0x184D2A50) as a
-                cut mark before the first extent of each device and before every extent holding
-                a cluster that is a multiple of 16 (rows /8 and /32: other mark spacings)
+                frame per cluster's data (the first of each extent with the extent header in
+                front), and a skippable frame of 64 zero bytes (magic 0x184D2A50) as a cut mark
+                before the first extent of each device and before every extent holding a
+                cluster that is a multiple of 16 (rows /8 and /32: other mark spacings; "per
+                extent": one frame per extent, the form vma-tool version 4 wrote)
   optimized .gz gzip --rsyncable -6 -n of the optimized archive (today's .vma.gz)
   framed .gz    one gzip member (zlib, level 6) per piece as above, the marks as 64 zero bytes in
                 the FEXTRA field of the marked pieces' members
@@ -101,21 +104,23 @@ ZERO_RUN_FRACTION = 0.14          # data blocks with an aligned 128-byte zero ru
 
 VARIANTS = ("raw", "original", "ordered only", "optimized", "original .zst", "optimized .zst",
             "optimized .zst (vma-tool)", "framed .zst", "framed .zst /8", "framed .zst /32",
-            "optimized .gz", "framed .gz")
+            "framed .zst per extent", "optimized .gz", "framed .gz")
 LABELS = {"raw": "raw disks", "original": "original .vma", "ordered only":
           "ordered only (random uuid)", "optimized": "optimized .vma",
           "original .zst": "original .vma.zst",
           "optimized .zst": "optimized .vma.zst (zstd --rsyncable -3: today's form)",
           "optimized .zst (vma-tool)": "optimized .vma.zst (vma-tool's own)",
-          "framed .zst": "framed .vma.zst (frame per extent, marks per 16 clusters)",
+          "framed .zst": "framed .vma.zst (frame per cluster, marks per 16 clusters)",
           "framed .zst /8": "framed .vma.zst, marks per 8 clusters",
           "framed .zst /32": "framed .vma.zst, marks per 32 clusters",
+          "framed .zst per extent": "framed .vma.zst, frame per extent (version 4)",
           "optimized .gz": "optimized .vma.gz (gzip --rsyncable -6 -n: today's form)",
           "framed .gz": "framed .vma.gz (member per extent, FEXTRA marks per 16 clusters)"}
-DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v not in ("framed .zst /8", "framed .zst /32"))
+DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v not in ("framed .zst /8", "framed .zst /32",
+                                                         "framed .zst per extent"))
 # the framed variants: (form, mark spacing)
 FRAMED = {"framed .zst": ("zst", 16), "framed .zst /8": ("zst", 8), "framed .zst /32": ("zst", 32),
-          "framed .gz": ("gz", 16)}
+          "framed .zst per extent": ("zst-extent", 16), "framed .gz": ("gz", 16)}
 SELECTED = list(VARIANTS)         # --variants
 OPTIONS = {"old data": True}
 SPREAD = {}                       # (column, variant, tool name) -> (min, max, count) of deltas
@@ -458,13 +463,14 @@ ZSTD_LEVEL = 3
 
 
 def archive_pieces(path, spacing=MARK_SPACING):
-    """[(offset, length, marked)] of an archive: the header, then every extent; marked: a cut
-    mark goes before the piece (the first extent of each device, and every extent holding a
-    cluster that is a multiple of spacing)."""
+    """[(offset, length, marked, ends)] of an archive: the header, then every extent; marked: a
+    cut mark goes before the piece (the first extent of each device, and every extent holding a
+    cluster that is a multiple of spacing); ends: where in the piece the data of each cluster
+    that has some ends (the extent header lies in front of the first)."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         hsize = header_size_of(f, path)
-        pieces = [(0, hsize, False)]
+        pieces = [(0, hsize, False, [hsize])]
         off = hsize
         prev_dev = None
         while off + 512 <= size:
@@ -474,6 +480,10 @@ def archive_pieces(path, spacing=MARK_SPACING):
                 raise ValueError("%s: no extent magic at offset %d" % (path, off))
             bc, = struct.unpack_from(">H", eh, 6)
             infos = [v for v in struct.unpack_from(">59Q", eh, 40) if v]
+            ends = [512]
+            for info in infos:
+                if info >> 48:
+                    ends.append(ends[-1] + bin(info >> 48).count("1") * BLOCK)
             marked = False
             if infos:
                 dev = (infos[0] >> 32) & 0xff
@@ -481,7 +491,7 @@ def archive_pieces(path, spacing=MARK_SPACING):
                 marked = (dev != prev_dev or first % spacing == 0
                           or first // spacing != last // spacing)
                 prev_dev = dev
-            pieces.append((off, 512 + bc * BLOCK, marked))
+            pieces.append((off, 512 + bc * BLOCK, marked, ends[1:] or ends))
             off += 512 + bc * BLOCK
     return pieces
 
@@ -544,21 +554,26 @@ FRAMED_BY_TOOL = set()       # day tags whose vma-tool .vma.zst held skippable f
 
 
 def write_framed(src, dst, form="zst", spacing=MARK_SPACING, jobs=2):
-    """dst: src (a plain archive) as independent frames, one per piece (archive_pieces), with
-    a cut mark before each marked piece: form "zst" (zstd frames, skippable marks), "gz" (gzip
-    members, the mark as 64 zero bytes in the FEXTRA field of the marked piece's member)."""
+    """dst: src (a plain archive) as independent frames with a cut mark before each marked
+    piece (archive_pieces): form "zst" (zstd frames, skippable marks; a frame per cluster with
+    data, the first one's with the extent header in front, as vma-tool writes), "zst-extent"
+    (a zstd frame per piece, as version 4 wrote), "gz" (a gzip member per piece, the mark as 64
+    zero bytes in the FEXTRA field of the marked piece's member)."""
     global _ZSTD
-    if form == "zst" and _ZSTD is None:
+    if form.startswith("zst") and _ZSTD is None:
         _ZSTD = Zstd()
     pieces = archive_pieces(src, spacing)
     with open(src, "rb") as f, open(dst, "wb") as out, \
             concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as ex:
         def one(piece):
-            off, length, marked = piece
+            off, length, marked, ends = piece
             data = os.pread(f.fileno(), length, off)
             if form == "gz":
                 return gzip_member(data, bytes(64) if marked else None)
-            return (SKIPPABLE_MARK if marked else b"") + _ZSTD.frame(data)
+            if form == "zst-extent":
+                ends = [length]
+            return (SKIPPABLE_MARK if marked else b"") + b"".join(
+                _ZSTD.frame(data[start:end]) for start, end in zip([0] + ends, ends))
         # in order, a bounded window ahead (memory stays small)
         window = []
         for piece in pieces:
@@ -959,7 +974,8 @@ def _short(n):
 
 
 COMPRESSED_ROWS = ("optimized", "optimized .zst", "optimized .zst (vma-tool)", "framed .zst",
-                   "framed .zst /8", "framed .zst /32", "optimized .gz", "framed .gz")
+                   "framed .zst /8", "framed .zst /32", "framed .zst per extent", "optimized .gz",
+                   "framed .gz")
 
 
 def compressed_table(col, tools, results):

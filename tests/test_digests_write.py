@@ -1,5 +1,5 @@
 """Content digests on the write side (issue 17, items 2 and 4; FORMAT.md "Content digests" and
-"Canonical form (version 4)"): every archive vma-tool writes to a file carries a vma-tool.digests
+"Canonical form (version 5)"): every archive vma-tool writes to a file carries a vma-tool.digests
 blob computed from its input as read; an input's blob is checked, never copied, and a mismatch
 (or a malformed blob) fails the run with the input left as it was; standard output carries none;
 in place and the hook read the new file back before it replaces the original."""

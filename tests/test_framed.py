@@ -1,6 +1,7 @@
 """The compressed form of a .vma.zst (FORMAT.md "The compressed form"): one independent zstd frame
-for the header and for every extent, a cut mark (a skippable frame of 64 zero bytes) before every
-extent that starts at a multiple of 16 clusters.  vma-tool's files are compared byte for byte with
+for the header and for every cluster's stored data (the first of an extent with the extent's
+header), a cut mark (a skippable frame of 64 zero bytes) before every extent that starts at a
+multiple of 16 clusters.  vma-tool's files are compared byte for byte with
 the fixture's independent framer (vmafixture.framed_zstd) compressing each frame through libzstd as
 FORMAT.md says; the same bytes for any thread count, input compression or order; `zstd -dc` gives
 the plain canonical archive; the `zstd --rsyncable` fallback; info's `compression` reason and
@@ -109,12 +110,15 @@ class FramedTest(support.ScratchCase):
         self.assertOk(run_tool("optimize", self.source(seed=3), dst))
         out = self.read(dst)
         self.assertTrue(out == self.framed, "not the compressed form: " + str(support.first_diff(out, self.framed)))
-        # header, then devices 3 (efidisk0: 9 clusters, 2 extents), 2 (70 zero clusters), 1
+        # header, then devices 3 (efidisk0: 9 clusters, 2 extents), 2 (70 zero clusters), 1;
+        # an extent: one frame per cluster with data (the first with the extent header), or
+        # the header alone
         kinds = [kind for kind, _ in frames(out)]
-        self.assertEqual(kinds, ["zstd",
-                                 "mark", "zstd", "zstd",                  # efidisk0: 0-7, 8
-                                 "mark", "zstd", "zstd",                  # scsi1: zero 0-58, 59-69
-                                 "mark", "zstd", "zstd", "mark", "zstd", "zstd", "zstd"])   # scsi0
+        self.assertEqual(kinds, ["zstd"]
+                         + ["mark"] + ["zstd"] * 8 + ["zstd"]               # efidisk0: 0-7, 8
+                         + ["mark", "zstd", "zstd"]                         # scsi1: zero 0-58, 59-69
+                         + ["mark"] + ["zstd"] * 8 + ["zstd"] * 8           # scsi0: 0-7, 8-15
+                         + ["mark"] + ["zstd"] * 4 + ["zstd"] + ["zstd"] * 4)   # 16-19, zero 20-35, 36-39
 
     @unittest.skipUnless(ZSTD, "zstd program not installed")
     def test_zstd_program_decompresses_the_plain_archive(self):
@@ -185,6 +189,18 @@ class FramedTest(support.ScratchCase):
                          (subprocess.run([ZSTD, "-q", "-1", "-c"], input=unit, stdout=subprocess.PIPE).stdout
                           if n == 5 else compress_frame(unit)) for n, (mark, unit) in enumerate(units))
         self.assertIn(b'"compression"', run_tool("info", "--json", self.put("y.vma.zst", other)).stdout)
+
+    def test_version_4_frames_per_extent_are_not_canonical(self):
+        """Version 4 wrote one frame per extent: info calls such a file not canonical
+        (compression), and optimize in place frames it per cluster; nothing else changes."""
+        old = vf.framed_zstd(self.plain, compress_frame, per_extent=True)
+        self.assertNotEqual(old, self.framed)
+        path = self.put("v4.vma.zst", old)
+        r = run_tool("info", "--json", path)
+        self.assertOk(r)
+        self.assertIn(b'"not_canonical": [\n    "compression"\n  ]', r.stdout)
+        self.assertOk(run_tool("optimize", path))
+        self.assertTrue(self.read(path) == self.framed, "in place did not frame it per cluster")
 
     def test_raw_header_frame_is_what_libzstd_writes_for_incompressible_data(self):
         """The header frame (raw blocks, so that it can be written again with the digests) is the

@@ -136,7 +136,7 @@ class GoldenArchiveTest(unittest.TestCase):
             offset += 2 + len(blob)
         # the rest of the 512-byte allocation up to 12800 is zero (last test)
 
-    # -- the extents (FORMAT.md "Extents", "Canonical form (version 4)") ----------------------
+    # -- the extents (FORMAT.md "Extents", "Canonical form (version 5)") ----------------------
 
     def extent(self, offset, block_count, slots):
         """Check one extent header: magic, reserved, block count, uuid, MD5, the used slots

@@ -915,29 +915,43 @@ CUT_MARK = b"\x50\x2a\x4d\x18" + b"\x40\x00\x00\x00" + bytes(64)   # skippable f
 MARK_SPACING = 16      # clusters: a cut mark before every extent that starts at a multiple of this
 
 
-def framed_units(plain):
-    """Yield (needs a cut mark before it, bytes) of each unit of a plain canonical archive: the
-    header, then every extent (its 512-byte header and its data)."""
+def framed_units(plain, per_extent=False):
+    """Yield (needs a cut mark before it, bytes) of each unit of a plain canonical archive that
+    is a frame of its own: the header, then of every extent the stored data of each of its
+    clusters, the first one's behind the extent's 512-byte header (the header alone in an
+    extent of zero clusters); per_extent: the extent whole, the form of version 4."""
     header_size = struct.unpack_from(">I", plain, 56)[0]
     yield False, plain[:header_size]
     pos = header_size
     while pos < len(plain):
         block_count = struct.unpack_from(">H", plain, pos + 6)[0]
         end = pos + 512 + block_count * BLOCK
-        first = struct.unpack_from(">Q", plain, pos + 40)[0]
-        dev_id, cluster = first >> 32 & 0xFF, first & 0xFFFFFFFF
-        yield dev_id != 0 and cluster % MARK_SPACING == 0, plain[pos:end]
+        infos = struct.unpack_from(">59Q", plain, pos + 40)
+        dev_id, cluster = infos[0] >> 32 & 0xFF, infos[0] & 0xFFFFFFFF
+        mark = dev_id != 0 and cluster % MARK_SPACING == 0
+        if per_extent:
+            yield mark, plain[pos:end]
+        else:
+            lengths = [bin(info >> 48).count("1") * BLOCK for info in infos]
+            lengths = [length for length in lengths if length]
+            if not lengths:
+                yield mark, plain[pos:pos + 512]
+            start, data = pos, pos + 512
+            for number, length in enumerate(lengths):
+                data += length
+                yield mark and number == 0, plain[start:data]
+                start = data
         pos = end
     if pos != len(plain):
         raise ValueError("the plain archive ends inside an extent")
 
 
-def framed_zstd(plain, compress):
+def framed_zstd(plain, compress, per_extent=False):
     """The compressed form of a plain canonical archive: the header as raw_frame(), every other
     unit of framed_units as one frame by compress(bytes) -> bytes, CUT_MARK before the units that
     need one."""
     out = []
-    for number, (mark, unit) in enumerate(framed_units(bytes(plain))):
+    for number, (mark, unit) in enumerate(framed_units(bytes(plain), per_extent)):
         if mark:
             out.append(CUT_MARK)
         out.append(raw_frame(unit) if number == 0 else compress(unit))
