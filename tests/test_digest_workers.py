@@ -111,6 +111,19 @@ class DigestWorkers(support.ScratchCase):
         r = support.run_tool("verify", self.tmp_path("d.vma"), env=env)
         support.assert_clean_error(self, r, "content digests", code=3)
 
+    def test_nothing_hashed_where_digests_are_neither_written_nor_checked(self):
+        """To standard output (no blob) from an input without digests the digests would serve
+        nothing: no worker starts (the fault would kill it), the run succeeds.  With digests in
+        the input they are checked, so workers run."""
+        src = self.put("a.vma", big_archive())
+        env = dict(workers(2), VMA_TOOL_FAULT="digest-worker:KILL")
+        r = support.run_tool("optimize", "-q", src, "-", env=env)
+        self.assertOk(r)
+        self.assertOk(support.run_tool("verify", "-", input=r.stdout))
+        self.assertOk(support.run_tool("optimize", "-q", src, self.tmp_path("d.vma"), env=workers(0)))
+        r = support.run_tool("optimize", "-q", self.tmp_path("d.vma"), "-", env=env)
+        support.assert_clean_error(self, r, "content digests", code=3)
+
     def test_no_worker_outlives_an_interrupted_run(self):
         src = self.put("a.vma", big_archive())
         for fault in ("data-written@12:INT", "data-written@12:TERM", "data-written@12:KILL"):
