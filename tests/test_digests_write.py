@@ -142,6 +142,21 @@ class StandardOutputCarriesNone(Case):
         self.assertOk(r)
         self.assertIs(json.loads(r.stdout)["digests"], True)
 
+    def test_in_place_json_says_digests_and_read_back(self):
+        """In place always leaves a file with digests (a canonical one has them, a rewrite writes
+        them); read_back says whether the new file was read back before it took the name."""
+        for options, read_back in (((), True), (("--no-read-back",), False)):
+            path = self.put("a.vma", proxmox_archive())
+            r = support.run_tool("optimize", "--json", *options, path)
+            self.assertOk(r)
+            result = json.loads(r.stdout)
+            self.assertEqual((result["result"], result["digests"], result["read_back"]),
+                             ("optimized", True, read_back), options)
+        r = support.run_tool("optimize", "--json", path)
+        result = json.loads(r.stdout)
+        self.assertEqual((result["result"], result["digests"], result["read_back"]),
+                         ("already canonical", True, False))
+
 
 class DamagedInputs(Case):
     """A wrong digest, a malformed blob, a missing line, a flipped data byte: exit 1, one line
