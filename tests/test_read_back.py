@@ -1,0 +1,178 @@
+"""How vma-tool reads archives back and checks their data (FORMAT.md "Content digests"):
+
+- the read-back before optimize in place and the hook replace a backup reads the new file with
+  O_DIRECT where the file system allows it (vma-tool's Source(direct=True), DirectFile: from the
+  device, not the page cache, and leaving nothing in it), and as before where it does not;
+- verify of a plain archive file lets the digest workers read each extent's data from the file
+  themselves (FileRange jobs), and a worker that cannot read it fails the run with that reason.
+
+White-box where the difference cannot be seen from outside (the bytes are the same either way)."""
+
+import os
+import random
+import shutil
+import subprocess
+import unittest
+
+import support
+import vmafixture as vf
+
+T = support.load_tool_module()
+ZSTD = shutil.which("zstd")
+SEED = 4242
+# Over 4 MiB of stored data (DirectFile reads 4 MiB chunks, the next one ahead), a device size
+# that is not a multiple of 64 KiB.
+DEVICES = [("drive-scsi0", 9 << 20), ("drive-scsi1", (3 << 20) + 12288)]
+
+
+def vm():
+    return support.cached(("read-back-vm", SEED), lambda: vf.make_vm(SEED, devices=DEVICES, fill=0.7))
+
+
+class ReadBack(support.ScratchCase):
+    TMP_PREFIX = "vmatest-read-back-"
+
+    def setUp(self):
+        super().setUp()
+        self.saved = os.environ.get("VMA_TOOL_DIGEST_WORKERS")
+        os.environ["VMA_TOOL_DIGEST_WORKERS"] = "0"     # no fork of the test process
+
+    def tearDown(self):
+        if self.saved is None:
+            os.environ.pop("VMA_TOOL_DIGEST_WORKERS", None)
+        else:
+            os.environ["VMA_TOOL_DIGEST_WORKERS"] = self.saved
+        super().tearDown()
+
+    def optimized(self, name):
+        src = self.put("src.vma", bytes(vf.write_archive(vm(), None, seed=SEED, order="proxmox")))
+        path = self.tmp_path(name)
+        self.assertOk(support.run_tool("optimize", "-q", src, path))
+        return path
+
+    def outputs(self):
+        names = ["o.vma"] + (["o.vma.zst"] if ZSTD and T.libzstd() is not None else [])
+        return [self.optimized(name) for name in names]
+
+    def direct_or_skip(self, path):
+        fd = T.open_direct(path)
+        if fd is None:
+            self.skipTest("no O_DIRECT on this file system")
+        os.close(fd)
+
+    def test_the_read_back_reads_with_o_direct_and_gets_the_same_digests(self):
+        want = vf.digests_blob(vm()).decode()
+        for path in self.outputs():
+            with self.subTest(path=os.path.basename(path)):
+                self.direct_or_skip(path)
+                with T.Source(path, direct=True) as source:
+                    raw = source.stream if source.compression is None else source.stream.raw
+                    self.assertIsInstance(raw, T.DirectFile)
+                    self.assertFalse(source.seekable, "a direct source is read as a stream")
+                header, direct = T.archive_digests(path, True, "test", direct=True)
+                header, cached = T.archive_digests(path, True, "test")
+                self.assertEqual(direct.text(), want)
+                self.assertEqual(cached.text(), want)
+
+    def test_without_o_direct_the_read_back_reads_as_before(self):
+        want = vf.digests_blob(vm()).decode()
+        saved = T.open_direct
+        T.open_direct = lambda path: None
+        try:
+            for path in self.outputs():
+                with self.subTest(path=os.path.basename(path)):
+                    with T.Source(path, direct=True) as source:
+                        self.assertIsNone(source.direct_fd)
+                        self.assertNotIsInstance(source.stream, T.DirectFile)
+                    self.assertEqual(T.archive_digests(path, True, "test", direct=True)[1].text(), want)
+        finally:
+            T.open_direct = saved
+
+    def test_direct_file_gives_every_byte_in_order(self):
+        """Chunks of 8 KiB here (4 MiB in use): files that end inside a chunk, at its end, empty;
+        reads of every size."""
+        saved = T.DIRECT_CHUNK
+        T.DIRECT_CHUNK = 8192
+        rng = random.Random(SEED)
+        try:
+            for size in (0, 1, 4095, 8192, 3 * 8192, 3 * 8192 + 5000, 70001):
+                with self.subTest(size=size):
+                    data = bytes(rng.getrandbits(8) for _ in range(size))
+                    path = self.put("f%d" % size, data)
+                    self.direct_or_skip(path)
+                    fd = T.open_direct(path)
+                    stream = T.DirectFile(fd)
+                    got = bytearray()
+                    try:
+                        while True:
+                            view = memoryview(bytearray(rng.choice((1, 100, 4096, 8192, 9000, 30000))))
+                            count = stream.readinto(view)
+                            if not count:
+                                break
+                            got += view[:count]
+                        self.assertEqual(stream.readinto(memoryview(bytearray(10))), 0)
+                    finally:
+                        stream.close()
+                        os.close(fd)
+                    self.assertEqual(bytes(got), data)
+        finally:
+            T.DIRECT_CHUNK = saved
+
+    def test_in_place_read_back_end_to_end(self):
+        """The whole in-place run with its read-back, workers on (the default), plain and .zst."""
+        for name in ["a.vma"] + (["a.vma.zst"] if ZSTD else []):
+            with self.subTest(name=name):
+                src = bytes(vf.write_archive(vm(), None, seed=SEED, order="proxmox"))
+                path = self.put("src.vma", src)
+                if name.endswith(".zst"):
+                    subprocess.run(["zstd", "-q", "--rm", "-f", path, "-o", self.tmp_path(name)], check=True)
+                else:
+                    os.rename(path, self.tmp_path(name))
+                r = support.run_tool("optimize", "-q", "--json", "--in-place", self.tmp_path(name),
+                                     env={"VMA_TOOL_DIGEST_WORKERS": "2"})
+                self.assertOk(r)
+                self.assertIn(b'"read_back": true', r.stdout)
+                self.assertOk(support.run_tool("verify", self.tmp_path(name)))
+                os.unlink(self.tmp_path(name))
+
+
+class WorkersReadTheFile(support.ScratchCase):
+    TMP_PREFIX = "vmatest-file-range-"
+
+    def test_a_worker_that_cannot_read_its_range_fails_with_the_reason(self):
+        path = self.put("short", bytes(range(256)) * 16)
+        archive = self.put("a.vma", bytes(vf.write_archive(vm(), None, seed=SEED)))
+        with T.Source(archive) as source:
+            devices = T.Archive(source, "test", True).header.devices
+        digests = T.ContentDigests(devices)
+        saved = os.environ.get("VMA_TOOL_DIGEST_WORKERS")
+        os.environ["VMA_TOOL_DIGEST_WORKERS"] = "1"
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            workers = T.DigestWorkers.start(digests, fd)
+            self.assertIsNotNone(workers)
+            entry = T.FULL_MASK << 48 | 1 << 32 | 0
+            workers.submit([entry], T.FileRange(fd, 1 << 20, T.CLUSTER_SIZE))     # past the file's end
+            with self.assertRaises(T.EnvironmentProblem) as caught:
+                workers.finish()
+            self.assertIn("cannot read the archive", str(caught.exception))
+        finally:
+            os.close(fd)
+            if saved is None:
+                os.environ.pop("VMA_TOOL_DIGEST_WORKERS", None)
+            else:
+                os.environ["VMA_TOOL_DIGEST_WORKERS"] = saved
+
+    def test_verify_of_a_file_cut_inside_its_data_is_refused(self):
+        """verify no longer reads a plain file's data itself: the reader's length check must
+        still catch a file that ends inside an extent's data."""
+        src = self.put("src.vma", bytes(vf.write_archive(vm(), None, seed=SEED)))
+        self.assertOk(support.run_tool("optimize", "-q", src, self.tmp_path("o.vma")))
+        data = self.read(self.tmp_path("o.vma"))
+        cut = self.put("cut.vma", data[:len(data) - 70000])
+        r = support.run_tool("verify", cut)
+        support.assert_clean_error(self, r, "truncated", code=1)
+
+
+if __name__ == "__main__":
+    unittest.main()
