@@ -84,6 +84,20 @@ class DigestWorkers(support.ScratchCase):
         for count in (1, 2, 3):
             self.assertEqual(outputs[count], outputs[0], "output differs with %d workers" % count)
 
+    def test_workers_hash_stored_zero_blocks_where_they_lie(self):
+        """A worker hashes a job in its shared slot (an mmap), whose zero test differs from a
+        bytearray's: zero blocks stored by the input, zero clusters among them, must count as
+        zero there too."""
+        src = self.put("z.vma", bytes(vf.write_archive(big_vm(), None, seed=SEED, stored_zero_blocks=True)))
+        want = vf.digests_blob(big_vm())
+        for count in (0, 2):
+            with self.subTest(workers=count):
+                out = self.tmp_path("z%d.vma" % count)
+                self.assertOk(support.run_tool("optimize", "-q", src, out, env=workers(count)))
+                r = support.run_tool("config", "-c", DIGESTS, out)
+                self.assertOk(r)
+                self.assertEqual(r.stdout, want)
+
     def test_verify_finds_damage_with_workers(self):
         data = bytearray(big_archive())
         good = self.put("good.vma", data)
