@@ -21,8 +21,8 @@ disk models, each written as two Proxmox-like archives a.vma / b.vma with the fi
               compress about 1.25 : 1); upgrades rewrite files with other host files.  Its
               figures depend on the host's /usr.
 
-Variants (rows; --variants picks some; the default leaves out the /8 and /32 spacings and the
-frame per extent):
+Variants (rows; --variants picks some; the default leaves out the /8 and /32 spacings, the
+frame per extent and the anchored marks):
 
   raw           the disk images themselves (concatenated; the floor)
   original      the archives as Proxmox writes them
@@ -40,7 +40,9 @@ frame per extent):
                 front), and a skippable frame of 64 zero bytes (magic 0x184D2A50) as a cut mark
                 before the first extent of each device and before every extent holding a
                 cluster that is a multiple of 16 (rows /8 and /32: other mark spacings; "per
-                extent": one frame per extent, the form vma-tool version 4 wrote)
+                extent": one frame per extent, the form vma-tool version 4 wrote; "anchored":
+                only the marks ANCHOR_GAP of frames after the previous one placed, and every
+                ANCHOR_SPACING clusters one whatever came before: an experiment)
   optimized .gz gzip --rsyncable -6 -n of the optimized archive (today's .vma.gz)
   framed .gz    one gzip member (zlib, level 6) per piece as above, the marks as 64 zero bytes in
                 the FEXTRA field of the marked pieces' members
@@ -98,13 +100,21 @@ PY = sys.executable
 MiB = 1 << 20
 BLOCK = 4096
 CLUSTER = 65536
+# "framed .zst anchored" (an experiment, issue 16): of the marks per 16 clusters only those at
+# least ANCHOR_GAP of compressed bytes after the previous one placed, counted from an anchor mark
+# placed every ANCHOR_SPACING clusters whatever came before it (so that no choice depends on
+# anything before the last anchor): restic's chunker then cuts at every mark placed but an anchor
+# that comes too soon, where today's marks at 2 : 1 lie about as far apart as its 512 KiB minimum
+# chunk and it skips a varying subset of them.
+ANCHOR_GAP = 520 << 10
+ANCHOR_SPACING = 64
 EFIDISK_SIZE = 540672
 DAY = 86400
 ZERO_RUN_FRACTION = 0.14          # data blocks with an aligned 128-byte zero run (real ext4 data)
 
 VARIANTS = ("raw", "original", "ordered only", "optimized", "original .zst", "optimized .zst",
             "optimized .zst (vma-tool)", "framed .zst", "framed .zst /8", "framed .zst /32",
-            "framed .zst per extent", "optimized .gz", "framed .gz")
+            "framed .zst per extent", "framed .zst anchored", "optimized .gz", "framed .gz")
 LABELS = {"raw": "raw disks", "original": "original .vma", "ordered only":
           "ordered only (random uuid)", "optimized": "optimized .vma",
           "original .zst": "original .vma.zst",
@@ -114,13 +124,16 @@ LABELS = {"raw": "raw disks", "original": "original .vma", "ordered only":
           "framed .zst /8": "framed .vma.zst, marks per 8 clusters",
           "framed .zst /32": "framed .vma.zst, marks per 32 clusters",
           "framed .zst per extent": "framed .vma.zst, frame per extent (version 4)",
+          "framed .zst anchored": "framed .vma.zst, marks >= %d KiB of frames apart, anchored "
+                                  "every %d clusters" % (ANCHOR_GAP >> 10, ANCHOR_SPACING),
           "optimized .gz": "optimized .vma.gz (gzip --rsyncable -6 -n: today's form)",
           "framed .gz": "framed .vma.gz (member per extent, FEXTRA marks per 16 clusters)"}
 DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v not in ("framed .zst /8", "framed .zst /32",
-                                                         "framed .zst per extent"))
+                                                         "framed .zst per extent", "framed .zst anchored"))
 # the framed variants: (form, mark spacing)
 FRAMED = {"framed .zst": ("zst", 16), "framed .zst /8": ("zst", 8), "framed .zst /32": ("zst", 32),
-          "framed .zst per extent": ("zst-extent", 16), "framed .gz": ("gz", 16)}
+          "framed .zst per extent": ("zst-extent", 16), "framed .zst anchored": ("zst-anchored", 16),
+          "framed .gz": ("gz", 16)}
 SELECTED = list(VARIANTS)         # --variants
 OPTIONS = {"old data": True}
 SPREAD = {}                       # (column, variant, tool name) -> (min, max, count) of deltas
@@ -572,16 +585,30 @@ def write_framed(src, dst, form="zst", spacing=MARK_SPACING, jobs=2):
                 return gzip_member(data, bytes(64) if marked else None)
             if form == "zst-extent":
                 ends = [length]
-            return (SKIPPABLE_MARK if marked else b"") + b"".join(
-                _ZSTD.frame(data[start:end]) for start, end in zip([0] + ends, ends))
+            frames = b"".join(_ZSTD.frame(data[start:end]) for start, end in zip([0] + ends, ends))
+            if form == "zst-anchored":
+                return frames
+            return (SKIPPABLE_MARK if marked else b"") + frames
+        anchors = [p[2] for p in archive_pieces(src, ANCHOR_SPACING)] if form == "zst-anchored" else None
+        since = [0]                     # compressed bytes since the last mark placed
+
+        def place(index, frames):
+            if anchors is None:
+                return frames
+            marked = anchors[index] or (pieces[index][2] and since[0] >= ANCHOR_GAP)
+            since[0] = len(frames) if marked else since[0] + len(frames)
+            return (SKIPPABLE_MARK if marked else b"") + frames
         # in order, a bounded window ahead (memory stays small)
         window = []
+        done = 0
         for piece in pieces:
             window.append(ex.submit(one, piece))
             if len(window) >= 4 * max(1, jobs):
-                out.write(window.pop(0).result())
+                out.write(place(done, window.pop(0).result()))
+                done += 1
         for fut in window:
-            out.write(fut.result())
+            out.write(place(done, fut.result()))
+            done += 1
 
 
 def is_framed_zst(path):

@@ -6,7 +6,6 @@ with nothing installed; no worker outlives its run."""
 
 import os
 import shutil
-import signal
 import time
 import unittest
 
