@@ -8,6 +8,7 @@
 
 White-box where the difference cannot be seen from outside (the bytes are the same either way)."""
 
+import errno
 import os
 import random
 import shutil
@@ -117,6 +118,38 @@ class ReadBack(support.ScratchCase):
                     self.assertEqual(bytes(got), data)
         finally:
             T.DIRECT_CHUNK = saved
+
+    def test_a_read_error_reaches_the_reader_where_its_data_would_have(self):
+        """The thread reading ahead fails (EIO at the third chunk): the bytes before it arrive,
+        then readinto raises the error (read again without the thread), none is skipped."""
+        saved_chunk, saved_pread = T.DIRECT_CHUNK, T.pread_into
+        T.DIRECT_CHUNK = 8192
+        data = bytes(range(256)) * 160             # five chunks
+        path = self.put("f", data)
+        self.direct_or_skip(path)
+
+        def failing(fd, view, offset):
+            if offset >= 2 * 8192:
+                raise OSError(errno.EIO, "Input/output error")
+            return saved_pread(fd, view, offset)
+        T.pread_into = failing
+        fd = T.open_direct(path)
+        stream = T.DirectFile(fd)
+        got = bytearray()
+        try:
+            with self.assertRaises(OSError) as caught:
+                while True:
+                    view = memoryview(bytearray(3000))
+                    count = stream.readinto(view)
+                    if not count:
+                        break
+                    got += view[:count]
+            self.assertEqual(caught.exception.errno, errno.EIO)
+            self.assertEqual(bytes(got), data[:2 * 8192])
+        finally:
+            stream.close()
+            os.close(fd)
+            T.DIRECT_CHUNK, T.pread_into = saved_chunk, saved_pread
 
     def test_in_place_read_back_end_to_end(self):
         """The whole in-place run with its read-back, workers on (the default), plain and .zst."""
