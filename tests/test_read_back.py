@@ -121,7 +121,7 @@ class ReadBack(support.ScratchCase):
 
     def test_a_read_error_reaches_the_reader_where_its_data_would_have(self):
         """The thread reading ahead fails (EIO at the third chunk): the bytes before it arrive,
-        then readinto raises the error (read again without the thread), none is skipped."""
+        then readinto raises the error, none is skipped."""
         saved_chunk, saved_pread = T.DIRECT_CHUNK, T.pread_into
         T.DIRECT_CHUNK = 8192
         data = bytes(range(256)) * 160             # five chunks
