@@ -4,15 +4,19 @@
   O_DIRECT where the file system allows it (vma-tool's Source(direct=True), DirectFile: from the
   device, not the page cache, and leaving nothing in it), and as before where it does not;
 - verify of a plain archive file lets the digest workers read each extent's data from the file
-  themselves (FileRange jobs), and a worker that cannot read it fails the run with that reason.
+  themselves (FileRange jobs), and a worker that cannot read it fails the run with that reason;
+- a .vma.zst file read once (optimize, in place, verify, unpack) has its pages dropped from the
+  page cache behind the reader (DropBehind), a check that reads it again (keep_cache) does not.
 
 White-box where the difference cannot be seen from outside (the bytes are the same either way)."""
 
+import argparse
 import errno
 import os
 import random
 import shutil
 import subprocess
+import threading
 import unittest
 
 import support
@@ -167,6 +171,90 @@ class ReadBack(support.ScratchCase):
                 self.assertIn(b'"read_back": true', r.stdout)
                 self.assertOk(support.run_tool("verify", self.tmp_path(name)))
                 os.unlink(self.tmp_path(name))
+
+
+class DropBehind(ReadBack):
+    """The pages of a .vma.zst read once are dropped behind the reader, in order, none twice."""
+
+    def read_recording_advice(self, path, **options):
+        """All that Source(path) gives, and the posix_fadvise calls made meanwhile."""
+        calls = []
+        saved_advise, saved_bytes = os.posix_fadvise, T.DROP_BEHIND_BYTES
+
+        def recording(fd, offset, length, advice):
+            calls.append((offset, length, advice))
+            return saved_advise(fd, offset, length, advice)
+        os.posix_fadvise, T.DROP_BEHIND_BYTES = recording, 64 << 10
+        try:
+            with T.Source(path, **options) as source:
+                data = bytearray()
+                view = memoryview(bytearray(100000))       # not a multiple of a page
+                while True:
+                    count = source.stream.readinto(view)
+                    if not count:
+                        break
+                    data += view[:count]
+        finally:
+            os.posix_fadvise, T.DROP_BEHIND_BYTES = saved_advise, saved_bytes
+        return bytes(data), calls
+
+    def zst_or_skip(self):
+        if not ZSTD or T.libzstd() is None or not hasattr(os, "posix_fadvise"):
+            self.skipTest("needs zstd, libzstd and posix_fadvise")
+        return self.optimized("o.vma.zst")
+
+    def test_a_zst_read_once_drops_what_was_read(self):
+        path = self.zst_or_skip()
+        size = os.path.getsize(path)
+        data, calls = self.read_recording_advice(path)
+        kept, none = self.read_recording_advice(path, keep_cache=True)
+        self.assertEqual(data, kept)
+        self.assertEqual(none, [])
+        self.assertGreater(len(calls), 3)
+        expected = 0
+        for offset, length, advice in calls:
+            self.assertEqual(advice, os.POSIX_FADV_DONTNEED)
+            self.assertEqual(offset, expected)          # from where the last one ended, its last page again
+            self.assertGreaterEqual(length, 64 << 10)
+            expected = (offset + length) & ~4095
+        self.assertGreater(offset + length, size - (64 << 10) - (1 << 17))
+
+    def test_the_checks_before_a_rewrite_keep_the_pages_and_a_pipe_has_none(self):
+        """In place, a canonical .vma.zst is read twice (CanonicalCheck, then the frames
+        compared): those passes keep its pages.  Read from a pipe, nothing is dropped."""
+        path = self.zst_or_skip()
+        made = []
+
+        class Recording(T.Source):
+            def __init__(self, path, direct=False, keep_cache=False):
+                made.append(keep_cache)
+                super().__init__(path, direct, keep_cache)
+        saved = T.Source
+        T.Source = Recording
+        try:
+            self.assertTrue(T.compressed_is_canonical(path, argparse.Namespace(quiet=True)))
+        finally:
+            T.Source = saved
+        self.assertEqual(made, [True, True])
+        with T.Source(path) as source:
+            self.assertIsInstance(source.stream.raw, T.DropBehind)
+
+        with open(path, "rb") as f:
+            compressed = f.read()
+        reading, writing = os.pipe()
+        feeder = threading.Thread(target=lambda: (os.write(writing, compressed), os.close(writing)))
+        saved_stdin = os.dup(0)
+        os.dup2(reading, 0)
+        os.close(reading)
+        feeder.start()
+        try:
+            data, calls = self.read_recording_advice("-")
+        finally:
+            os.dup2(saved_stdin, 0)
+            os.close(saved_stdin)
+            feeder.join()
+        self.assertEqual(calls, [])
+        self.assertEqual(data, self.read_recording_advice(path)[0])
 
 
 class WorkersReadTheFile(support.ScratchCase):
