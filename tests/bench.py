@@ -115,9 +115,10 @@ res, shell, cmd = sys.argv[1], sys.argv[2] == "1", sys.argv[3:]
 t0 = time.perf_counter()
 rc = subprocess.call(cmd[0] if shell else cmd, shell=shell)
 t = time.perf_counter() - t0
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 with open(res, "w") as f:
-    json.dump({"rc": rc, "sec": t,
-               "rss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}, f)
+    json.dump({"rc": rc, "sec": t, "rss_kib": usage.ru_maxrss, "user": usage.ru_utime,
+               "sys": usage.ru_stime}, f)
 """
 
 
@@ -357,7 +358,7 @@ class Runner:
             with open(self.res) as f:
                 r = json.load(f)
         except (OSError, ValueError):
-            r = {"rc": 127, "sec": 0.0, "rss_kib": 0}
+            r = {"rc": 127, "sec": 0.0, "rss_kib": 0, "user": 0.0, "sys": 0.0}
         r["stderr"] = errtext
         r["scratch"] = peak
         return r
@@ -370,7 +371,7 @@ class Runner:
         pair = (floor row name, cmd, shell, cleanup): that floor runs right before each run
         and res["pair"] = {name: its median}: a ratio to it drifts less on a noisy machine
         than one to the floor row measured minutes earlier."""
-        times, rss, scratch, ptimes = [], [], [], []
+        times, rss, scratch, ptimes, cpu = [], [], [], [], []
         n = runs or self.runs
         for i in range(n):
             if pair:
@@ -399,6 +400,7 @@ class Runner:
                         "enospc": "no space left" in err.lower() or "ENOSPC" in err}
             times.append(r["sec"])
             rss.append(r["rss_kib"])
+            cpu.append((r["user"], r["sys"]))
             if r["scratch"] is not None:
                 scratch.append(r["scratch"])
             if after:
@@ -406,6 +408,7 @@ class Runner:
             if cleanup:
                 cleanup()
         res = {"status": "ok", "sec": statistics.median(times), "rss_kib": max(rss),
+               "user": statistics.median(u for u, _ in cpu), "sys": statistics.median(s for _, s in cpu),
                "all": times, "scratch": max(scratch) if scratch else None}
         if pair and ptimes:
             res["pair"] = {pair[0]: statistics.median(ptimes)}
@@ -1051,8 +1054,8 @@ def print_report(markdown, rows, size, asize, isize, runs, vm, floor_kib, baseli
     times = {r["name"]: r["res"]["sec"] for r in rows if r["res"]["status"] == "ok"
              and "sec" in r["res"]}
     cp_archive = times.get("cp archive")
-    header = ["operation", "seconds", "spread", "MB/s", "x cp", "x cp+sync", "peak RSS",
-              "peak scratch", "target", "result"]
+    header = ["operation", "seconds", "spread", "CPU user / sys", "MB/s", "x cp", "x cp+sync",
+              "peak RSS", "peak scratch", "target", "result"]
     table = []
     missed = []
     jrows = []
@@ -1082,20 +1085,22 @@ def print_report(markdown, rows, size, asize, isize, runs, vm, floor_kib, baseli
             stext = "%s (%.1f %%)" % (human(sc) if sc else "0", 100.0 * sc / asize)
         if row["group"] == "size":
             sz = res.get("size")
-            table.append([name, "-", "", "", "", "", "",
+            table.append([name, "-", "", "", "", "", "", "",
                           "", ttext, ("%d bytes (%s); " % (sz, human(sz)) if sz else "") + vtext])
         elif res["status"] != "ok":
-            table.append([name, res["status"], "", "", "", "", "", stext, ttext,
+            table.append([name, res["status"], "", "", "", "", "", "", stext, ttext,
                           (vtext + "; " if vtext else "") + res.get("detail", "")[:70]])
         else:
             sec = res["sec"]
             table.append([name, "%.2f" % sec, spread(res),
+                          "%.2f / %.2f" % (res["user"], res["sys"]) if "user" in res else "-",
                           "%.0f" % (nbytes / sec / 1e6 if sec > 0 else 0) if nbytes else "-",
                           "%.2f" % ratio if ratio is not None else "-",
                           "%.2f" % sratio if sratio is not None else "-",
                           "%.0f MiB" % (res["rss_kib"] / 1024), stext, ttext, vtext])
         jrows.append({"name": name, "status": res["status"], "sec": res.get("sec"),
                       "all": res.get("all"), "rss_kib": res.get("rss_kib"),
+                      "user": res.get("user"), "sys": res.get("sys"),
                       "scratch": res.get("scratch"), "size": res.get("size"), "bytes": nbytes,
                       "pair": res.get("pair"),
                       "x_cp": ratio, "x_cp_sync": sratio, "detail": res.get("detail"),
@@ -1105,7 +1110,8 @@ def print_report(markdown, rows, size, asize, isize, runs, vm, floor_kib, baseli
     print("vma-tool bench (%s): disks %s (%s), archive %s in Proxmox order (fixture order "
           "'proxmox': devices by descending dev_id, chunks of 16 clusters by up to 16 workers, "
           "a few copy-before-write clusters early), median of %d runs; MB/s = archive bytes "
-          "(pack, cp -r images: image bytes) / s; spread = (max - min) / median; x cp = cp time / "
+          "(pack, cp -r images: image bytes) / s; spread = (max - min) / median; CPU user / sys: seconds, medians, of the "
+          "command and its children (system time shows page-cache and memory costs); x cp = cp time / "
           "time (cp of the archive; for pack: cp -r of the images); x cp+sync: the same with the "
           "copy synced to disk (vma-tool fsyncs its output files, not stdout); t <= N x FLOOR: "
           "median time against the median of that floor row, or where it says 'paired', of "
@@ -1134,12 +1140,12 @@ def print_report(markdown, rows, size, asize, isize, runs, vm, floor_kib, baseli
     if markdown:
         print()
         print("| " + " | ".join(header) + " |")
-        print("|" + "|".join(["---"] + ["---:"] * 7 + ["---", "---"]) + "|")
+        print("|" + "|".join(["---"] + ["---:"] * 8 + ["---", "---"]) + "|")
         for r in table:
             print("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
     else:
         widths = [max(len(str(r[i])) for r in table + [header]) for i in range(len(header))]
-        fmt = "  ".join("%%-%ds" % w if i in (0, 8, 9) else "%%%ds" % w
+        fmt = "  ".join("%%-%ds" % w if i in (0, 9, 10) else "%%%ds" % w
                         for i, w in enumerate(widths))
         print(fmt % tuple(header))
         for r in table:
