@@ -12,6 +12,7 @@ White-box where the difference cannot be seen from outside (the bytes are the sa
 
 import argparse
 import errno
+import mmap
 import os
 import random
 import shutil
@@ -216,12 +217,13 @@ class DropBehind(ReadBack):
             self.assertEqual(advice, os.POSIX_FADV_DONTNEED)
             self.assertEqual(offset, expected)          # from where the last one ended, its last page again
             self.assertGreaterEqual(length, 64 << 10)
-            expected = (offset + length) & ~4095
+            expected = offset + length - (offset + length) % mmap.PAGESIZE
         self.assertGreater(offset + length, size - (64 << 10) - (1 << 17))
 
     def test_the_checks_before_a_rewrite_keep_the_pages_and_a_pipe_has_none(self):
         """In place, a canonical .vma.zst is read twice (CanonicalCheck, then the frames
-        compared): those passes keep its pages.  Read from a pipe, nothing is dropped."""
+        compared), and a first pass for the digests precedes the stream to a .vma.gz: those
+        passes keep its pages.  Read from a pipe, nothing is dropped."""
         path = self.zst_or_skip()
         made = []
 
@@ -233,9 +235,13 @@ class DropBehind(ReadBack):
         T.Source = Recording
         try:
             self.assertTrue(T.compressed_is_canonical(path, argparse.Namespace(quiet=True)))
+            self.assertEqual(made, [True, True])
+            # a .vma.gz cannot have its header written again: a first pass computes the digests
+            del made[:]
+            self.assertEqual(T.main(["optimize", "-q", path, self.tmp_path("o.vma.gz")]), 0)
+            self.assertEqual(made, [False, True])
         finally:
             T.Source = saved
-        self.assertEqual(made, [True, True])
         with T.Source(path) as source:
             self.assertIsInstance(source.stream.raw, T.DropBehind)
 
