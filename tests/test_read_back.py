@@ -69,7 +69,6 @@ class Scratch(support.ScratchCase):
         os.close(fd)
 
 
-
 class ReadBack(Scratch):
     def test_the_read_back_reads_with_o_direct_and_gets_the_same_digests(self):
         want = vf.digests_blob(vm()).decode()
