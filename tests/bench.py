@@ -1110,9 +1110,9 @@ def print_report(markdown, rows, size, asize, isize, runs, vm, floor_kib, baseli
     print("vma-tool bench (%s): disks %s (%s), archive %s in Proxmox order (fixture order "
           "'proxmox': devices by descending dev_id, chunks of 16 clusters by up to 16 workers, "
           "a few copy-before-write clusters early), median of %d runs; MB/s = archive bytes "
-          "(pack, cp -r images: image bytes) / s; spread = (max - min) / median; CPU user / sys: seconds, medians, of the "
-          "command and its children (system time shows page-cache and memory costs); x cp = cp time / "
-          "time (cp of the archive; for pack: cp -r of the images); x cp+sync: the same with the "
+          "(pack, cp -r images: image bytes) / s; spread = (max - min) / median; CPU user / sys: "
+          "seconds, medians, of the command and its children (system time shows page-cache and "
+          "memory costs); x cp = cp time / time (cp of the archive; for pack: cp -r of the images); x cp+sync: the same with the "
           "copy synced to disk (vma-tool fsyncs its output files, not stdout); t <= N x FLOOR: "
           "median time against the median of that floor row, or where it says 'paired', of "
           "the floor run again right before each of the row's runs" % (

@@ -92,7 +92,7 @@ class ReadBack(Scratch):
             for path in self.outputs():
                 with self.subTest(path=os.path.basename(path)):
                     with T.Source(path, direct=True) as source:
-                        self.assertIsNone(source.direct_fd)
+                        self.assertIsNone(source.direct_file)
                         self.assertNotIsInstance(source.stream, T.DirectFile)
                     self.assertEqual(T.archive_digests(path, True, "test", direct=True)[1].text(), want)
         finally:
