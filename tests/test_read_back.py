@@ -269,6 +269,38 @@ class DropBehind(Scratch):
         self.assertEqual(data, self.read_recording_advice(path)[0])
 
 
+class Writeback(Scratch):
+    def test_every_archive_file_written_leaves_the_page_cache_as_it_goes(self):
+        """The plain archive and the framed .vma.zst alike: the kernel is asked to write the
+        output out and drop its pages every WRITEBACK_BYTES, before the output is complete
+        (the framed form once went through the page cache whole, and on a host whose memory is
+        backed as it is first touched that cost as much system time as the rest of the run)."""
+        src = self.put("src.vma", bytes(vf.write_archive(vm(), None, seed=SEED, order="proxmox")))
+        names = ["o.vma"] + (["o.vma.zst"] if ZSTD and T.libzstd() is not None else [])
+        if not hasattr(os, "posix_fadvise"):
+            self.skipTest("no posix_fadvise")
+        saved_advise, saved_bytes = os.posix_fadvise, T.WRITEBACK_BYTES
+        saved_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        for name in names:
+            with self.subTest(output=name):
+                path = self.tmp_path(name)
+                calls = []
+
+                def recording(fd, offset, length, advice):
+                    calls.append((os.fstat(fd).st_size, offset, length, advice))
+                    return saved_advise(fd, offset, length, advice)
+                os.posix_fadvise, T.WRITEBACK_BYTES = recording, 64 << 10
+                try:
+                    args = T.parse_arguments(["optimize", "-q", "--threads", "1", src, path])
+                    self.assertEqual(args.func(args), 0)
+                finally:
+                    os.posix_fadvise, T.WRITEBACK_BYTES = saved_advise, saved_bytes
+                    signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)  # held by the commit
+                size = os.path.getsize(path)
+                during = [c for c in calls if c[1:] == (0, 0, os.POSIX_FADV_DONTNEED) and c[0] < size]
+                self.assertTrue(during, calls)     # one at a time: how many depends on the disk
+
+
 class WorkersReadTheFile(support.ScratchCase):
     TMP_PREFIX = "vmatest-file-range-"
 
