@@ -14,7 +14,6 @@ import re
 import select
 import signal
 import subprocess
-import sys
 import time
 import tty
 import unittest

@@ -14,7 +14,6 @@ import random
 import re
 import shutil
 import subprocess
-import sys
 import time
 import unittest
 

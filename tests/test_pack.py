@@ -19,7 +19,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import vmafixture as fx  # noqa: E402
-from support import TOOL, run_tool, assert_clean_error, cached, fixture_vm, first_diff  # noqa: E402
+from support import run_tool, assert_clean_error, cached, fixture_vm, first_diff  # noqa: E402
 import support  # noqa: E402
 
 CLUSTER = 65536
