@@ -1085,11 +1085,11 @@ def print_report(markdown, rows, size, asize, isize, runs, vm, floor_kib, baseli
             stext = "%s (%.1f %%)" % (human(sc) if sc else "0", 100.0 * sc / asize)
         if row["group"] == "size":
             sz = res.get("size")
-            table.append([name, "-", "", "", "", "", "", "",
-                          "", ttext, ("%d bytes (%s); " % (sz, human(sz)) if sz else "") + vtext])
+            table.append([name, "-"] + [""] * (len(header) - 4) +     # no time, only the size
+                         [ttext, ("%d bytes (%s); " % (sz, human(sz)) if sz else "") + vtext])
         elif res["status"] != "ok":
-            table.append([name, res["status"], "", "", "", "", "", "", stext, ttext,
-                          (vtext + "; " if vtext else "") + res.get("detail", "")[:70]])
+            table.append([name, res["status"]] + [""] * (len(header) - 5) +  # only the scratch
+                         [stext, ttext, (vtext + "; " if vtext else "") + res.get("detail", "")[:70]])
         else:
             sec = res["sec"]
             table.append([name, "%.2f" % sec, spread(res),
