@@ -6,7 +6,9 @@
 - verify of a plain archive file lets the digest workers read each extent's data from the file
   themselves (FileRange jobs), and a worker that cannot read it fails the run with that reason;
 - a .vma.zst file read once (optimize, in place, verify, unpack) has its pages dropped from the
-  page cache behind the reader (DropBehind), a check that reads it again (keep_cache) does not.
+  page cache behind the reader (DropBehind), a check that reads it again (keep_cache) does not;
+- archive files are written with O_DIRECT (DirectWriter) where the file system allows, else
+  through the page cache, dropped behind the writer (Writeback).
 
 White-box where the difference cannot be seen from outside (the bytes are the same either way)."""
 
@@ -271,10 +273,11 @@ class DropBehind(Scratch):
 
 class Writeback(Scratch):
     def test_every_archive_file_written_leaves_the_page_cache_as_it_goes(self):
-        """The plain archive and the framed .vma.zst alike: the kernel is asked to write the
-        output out and drop its pages every WRITEBACK_BYTES, before the output is complete
-        (the framed form once went through the page cache whole, and on a host whose memory is
-        backed as it is first touched that cost as much system time as the rest of the run)."""
+        """Where there is no O_DIRECT (no DirectWriter), the plain archive and the framed
+        .vma.zst alike: the kernel is asked to write the output out and drop its pages every
+        WRITEBACK_BYTES, before the output is complete (the framed form once went through the
+        page cache whole, and on a host whose memory is backed as it is first touched that cost
+        as much system time as the rest of the run)."""
         src = self.put("src.vma", bytes(vf.write_archive(vm(), None, seed=SEED, order="proxmox")))
         names = ["o.vma"] + (["o.vma.zst"] if ZSTD and T.libzstd() is not None else [])
         if not hasattr(os, "posix_fadvise"):
@@ -290,15 +293,152 @@ class Writeback(Scratch):
                     calls.append((os.fstat(fd).st_size, offset, length, advice))
                     return saved_advise(fd, offset, length, advice)
                 os.posix_fadvise, T.WRITEBACK_BYTES = recording, 64 << 10
+                saved_start, T.DirectWriter.start = T.DirectWriter.start, lambda fd: None
                 try:
                     args = T.parse_arguments(["optimize", "-q", "--threads", "1", src, path])
                     self.assertEqual(args.func(args), 0)
                 finally:
                     os.posix_fadvise, T.WRITEBACK_BYTES = saved_advise, saved_bytes
+                    T.DirectWriter.start = saved_start
                     signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)  # held by the commit
                 size = os.path.getsize(path)
                 during = [c for c in calls if c[1:] == (0, 0, os.POSIX_FADV_DONTNEED) and c[0] < size]
                 self.assertTrue(during, calls)     # one at a time: how many depends on the disk
+
+
+class DirectWriter(support.ScratchCase):
+    """The writer of archive files (DirectWriter: O_DIRECT, aligned chunks written by a thread)
+    gives the same bytes as a plain write of them, whatever the lengths of the pieces, and fails
+    or falls back cleanly."""
+    TMP_PREFIX = "vmatest-direct-writer-"
+
+    def open_or_skip(self, name="out"):
+        fd = os.open(self.tmp_path(name), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.addCleanup(os.close, fd)
+        writer = T.DirectWriter.start(fd)
+        if writer is None:
+            self.skipTest("no O_DIRECT on this file system")
+        return fd, writer
+
+    def test_any_lengths_give_the_same_bytes(self):
+        rng = random.Random(SEED)
+        chunk = T.DIRECT_CHUNK
+        for total in (0, 1, 4095, 4096, 4097, chunk - 1, chunk, chunk + 1, 3 * chunk + 12345, 7 * chunk):
+            with self.subTest(total=total):
+                data = rng.randbytes(total)
+                fd, writer = self.open_or_skip("out-%d" % total)
+                at = 0
+                while at < total:
+                    n = rng.choice((1, 511, 4096, 65536, 1 << 20, chunk + 3))
+                    writer.write(data[at:at + n])
+                    at += n
+                writer.flush()
+                writer.close()
+                self.assertEqual(os.fstat(fd).st_size, total)
+                self.assertTrue(os.pread(fd, total + 1, 0) == data)
+                self.assertFalse(os.get_blocking(fd) is False)
+                self.assertEqual(T.fcntl.fcntl(fd, T.fcntl.F_GETFL) & os.O_DIRECT, 0)
+
+    def test_after_flush_the_header_can_be_written_again_and_more_appended(self):
+        fd, writer = self.open_or_skip()
+        writer.write(b"h" * 1000 + b"d" * 5000)
+        writer.flush()
+        os.pwrite(fd, b"H" * 1000, 0)           # what Sink.rewrite_header does
+        writer.write(b"tail")
+        writer.close()
+        self.assertEqual(os.pread(fd, 7000, 0), b"H" * 1000 + b"d" * 5000 + b"tail")
+
+    def test_a_write_error_reaches_the_writer(self):
+        fd, writer = self.open_or_skip()
+        saved = os.pwrite
+
+        def failing(fd_, data, offset):
+            if offset >= T.DIRECT_CHUNK:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return saved(fd_, data, offset)
+        os.pwrite = failing
+        try:
+            with self.assertRaises(OSError) as caught:
+                for _ in range(8):
+                    writer.write(bytes(T.DIRECT_CHUNK))
+                writer.flush()
+        finally:
+            os.pwrite = saved
+            writer.close()
+        self.assertEqual(caught.exception.errno, errno.ENOSPC)
+        self.assertFalse(writer.writer.is_alive())
+
+    def test_refused_direct_writes_go_on_through_the_page_cache(self):
+        """A file system that takes the O_DIRECT flag but refuses a write (EINVAL): that write
+        and the rest are made without it, the bytes the same."""
+        fd, writer = self.open_or_skip()
+        saved, refused = os.pwrite, []
+
+        def refusing(fd_, data, offset):
+            if T.fcntl.fcntl(fd_, T.fcntl.F_GETFL) & os.O_DIRECT:
+                refused.append(offset)
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return saved(fd_, data, offset)
+        os.pwrite = refusing
+        data = random.Random(SEED).randbytes(2 * T.DIRECT_CHUNK + 777)
+        try:
+            writer.write(data)
+            writer.flush()
+        finally:
+            os.pwrite = saved
+        self.assertEqual(refused, [0])
+        self.assertTrue(os.pread(fd, len(data) + 1, 0) == data)
+
+    def test_no_o_direct_no_direct_writer(self):
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        self.addCleanup(os.close, w)
+        self.assertIsNone(T.DirectWriter.start(w))
+        fd = os.open(self.tmp_path("f"), os.O_RDWR | os.O_CREAT, 0o600)
+        self.addCleanup(os.close, fd)
+        saved = T.fcntl.fcntl
+
+        def no_direct(fd_, command, *flags):
+            if command == T.fcntl.F_SETFL and flags and flags[0] & os.O_DIRECT:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return saved(fd_, command, *flags)
+        T.fcntl.fcntl = no_direct
+        try:
+            self.assertIsNone(T.DirectWriter.start(fd))
+        finally:
+            T.fcntl.fcntl = saved
+
+    def test_archive_outputs_are_written_past_the_page_cache(self):
+        """optimize to a plain file and to a .vma.zst writes through a DirectWriter where the
+        file system allows (and the bytes are those of the tests everywhere else)."""
+        self.open_or_skip()
+        src = self.put("src.vma", bytes(vf.write_archive(vm(), None, seed=SEED, order="proxmox")))
+        names = ["o.vma"] + (["o.vma.zst"] if ZSTD and T.libzstd() is not None else [])
+        made = []
+        saved, saved_mask = T.DirectWriter.start, signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+        def recording(fd):
+            writer = saved(fd)
+            made.append(writer)
+            return writer
+        T.DirectWriter.start = recording
+        saved_workers = os.environ.get("VMA_TOOL_DIGEST_WORKERS")
+        os.environ["VMA_TOOL_DIGEST_WORKERS"] = "0"
+        try:
+            for name in names:
+                args = T.parse_arguments(["optimize", "-q", src, self.tmp_path(name)])
+                self.assertEqual(args.func(args), 0)
+        finally:
+            T.DirectWriter.start = saved
+            signal.pthread_sigmask(signal.SIG_SETMASK, saved_mask)     # held by the commit
+            if saved_workers is None:
+                os.environ.pop("VMA_TOOL_DIGEST_WORKERS", None)
+            else:
+                os.environ["VMA_TOOL_DIGEST_WORKERS"] = saved_workers
+        self.assertEqual(len(made), len(names))
+        self.assertTrue(all(isinstance(w, T.DirectWriter) for w in made), made)
+        want = bytes(vf.canonical_archive(vm()))
+        self.assertTrue(self.read(self.tmp_path("o.vma"))[:100] == want[:100])
 
 
 class WorkersReadTheFile(support.ScratchCase):
