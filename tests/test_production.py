@@ -268,6 +268,30 @@ class PapercutTest(support.ScratchCase):
         finally:
             subprocess.run(["umount", small])
 
+    def test_a_full_disk_while_writing_an_archive_is_one_line_and_leaves_nothing(self):
+        """optimize to a plain file and to a .vma.zst on a file system that fills up midway:
+        written with O_DIRECT where it allows (a tmpfs does from Linux 6.6), through the page
+        cache where not; either way one line naming the file and nothing left behind."""
+        if os.geteuid() != 0:
+            self.skipTest("mounting a small tmpfs needs root")
+        small = self.path("small")
+        os.mkdir(small)
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", small],
+                          stderr=subprocess.DEVNULL).returncode:
+            self.skipTest("cannot mount a tmpfs here")
+        try:
+            big = vf.make_vm(77, devices=[("drive-scsi0", 24 << 20)], fill=0.9)
+            src = self.put("big.vma", bytes(vf.write_archive(big, None, seed=77)))
+            names = ["out.vma"] + (["out.vma.zst"] if shutil.which("zstd") else [])
+            for name in names:
+                with self.subTest(output=name):
+                    out = os.path.join(small, name)
+                    r = support.run_tool("optimize", src, out)
+                    support.assert_clean_error(self, r, "cannot write %s" % out, "no space", code=3)
+                    self.assertEqual(os.listdir(small), [])
+        finally:
+            subprocess.run(["umount", small])
+
     def test_messages_quote_paths_and_name_the_directory(self):
         data = optimized_archive()
         spaced = self.path("my dumps")
