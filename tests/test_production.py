@@ -250,47 +250,41 @@ class PapercutTest(support.ScratchCase):
             support.assert_clean_error(self, r, "-u " + value, "empty", code=2)
             self.assertFalse(os.path.exists(self.path("b.vma")))
 
-    def test_unpack_errors_name_dir_and_file(self):
-        """A full disk while unpack writes an image names DIR/disk-....raw, not the bare file name."""
+    def small_tmpfs(self, size):
+        """A tmpfs of size at self.path("small"), unmounted at the end (root only: skips)."""
         if os.geteuid() != 0:
             self.skipTest("mounting a small tmpfs needs root")
         small = self.path("small")
         os.mkdir(small)
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", small],
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s" % size, "tmpfs", small],
                           stderr=subprocess.DEVNULL).returncode:
             self.skipTest("cannot mount a tmpfs here")
-        try:
-            src = self.put("a.vma", optimized_archive())
-            out = os.path.join(small, "out")
-            r = support.run_tool("unpack", src, out)
-            support.assert_clean_error(self, r, "cannot write %s/disk-drive-scsi0.raw" % out, "no space", code=3)
-            self.assertEqual(os.listdir(small), [])
-        finally:
-            subprocess.run(["umount", small])
+        self.addCleanup(subprocess.run, ["umount", small])
+        return small
+
+    def test_unpack_errors_name_dir_and_file(self):
+        """A full disk while unpack writes an image names DIR/disk-....raw, not the bare file name."""
+        small = self.small_tmpfs("256k")
+        src = self.put("a.vma", optimized_archive())
+        out = os.path.join(small, "out")
+        r = support.run_tool("unpack", src, out)
+        support.assert_clean_error(self, r, "cannot write %s/disk-drive-scsi0.raw" % out, "no space", code=3)
+        self.assertEqual(os.listdir(small), [])
 
     def test_a_full_disk_while_writing_an_archive_is_one_line_and_leaves_nothing(self):
         """optimize to a plain file and to a .vma.zst on a file system that fills up midway:
         written with O_DIRECT where it allows (a tmpfs does from Linux 6.6), through the page
         cache where not; either way one line naming the file and nothing left behind."""
-        if os.geteuid() != 0:
-            self.skipTest("mounting a small tmpfs needs root")
-        small = self.path("small")
-        os.mkdir(small)
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", small],
-                          stderr=subprocess.DEVNULL).returncode:
-            self.skipTest("cannot mount a tmpfs here")
-        try:
-            big = vf.make_vm(77, devices=[("drive-scsi0", 24 << 20)], fill=0.9)
-            src = self.put("big.vma", bytes(vf.write_archive(big, None, seed=77)))
-            names = ["out.vma"] + (["out.vma.zst"] if shutil.which("zstd") else [])
-            for name in names:
-                with self.subTest(output=name):
-                    out = os.path.join(small, name)
-                    r = support.run_tool("optimize", src, out)
-                    support.assert_clean_error(self, r, "cannot write %s" % out, "no space", code=3)
-                    self.assertEqual(os.listdir(small), [])
-        finally:
-            subprocess.run(["umount", small])
+        small = self.small_tmpfs("6m")
+        big = vf.make_vm(77, devices=[("drive-scsi0", 24 << 20)], fill=0.9)
+        src = self.put("big.vma", bytes(vf.write_archive(big, None, seed=77)))
+        names = ["out.vma"] + (["out.vma.zst"] if shutil.which("zstd") else [])
+        for name in names:
+            with self.subTest(output=name):
+                out = os.path.join(small, name)
+                r = support.run_tool("optimize", src, out)
+                support.assert_clean_error(self, r, "cannot write %s" % out, "no space", code=3)
+                self.assertEqual(os.listdir(small), [])
 
     def test_messages_quote_paths_and_name_the_directory(self):
         data = optimized_archive()
