@@ -368,6 +368,23 @@ class DirectWriter(support.ScratchCase):
         self.assertEqual(caught.exception.errno, errno.ENOSPC)
         self.assertFalse(writer.writer.is_alive())
 
+    def test_a_failed_flush_fails_again_the_same_way(self):
+        fd, writer = self.open_or_skip()
+        saved = os.pwrite
+
+        def failing(fd_, data, offset):
+            raise OSError(errno.EIO, "Input/output error")
+        writer.write(b"x" * 5000)
+        os.pwrite = failing
+        try:
+            for _ in range(2):
+                with self.assertRaises(OSError) as caught:
+                    writer.flush()
+                self.assertEqual(caught.exception.errno, errno.EIO)
+        finally:
+            os.pwrite = saved
+            writer.close()
+
     def test_refused_direct_writes_go_on_through_the_page_cache(self):
         """A file system that takes the O_DIRECT flag but refuses a write (EINVAL): that write
         and the rest are made without it, the bytes the same."""
