@@ -15,11 +15,16 @@ disk models, each written as two Proxmox-like archives a.vma / b.vma with the fi
               grown); free space zero.  A second column, "ext4 old data", is the same day 2 with
               the freed blocks keeping their old data (a guest without discard; --no-old-data
               leaves it out).  Skipped when mke2fs, debugfs or dumpe2fs (e2fsprogs) is missing.
-  usr         the ext4 model with /usr made of copies of this host's own /usr files (Python's
-              library, binaries, libraries, documentation; diskmodel.HostTree): data that
-              compresses like a real system disk (about 2 : 1 with zstd -3, where the other two
-              compress about 1.25 : 1); upgrades rewrite files with other host files.  Its
-              figures depend on the host's /usr.
+  usr         the ext4 model with generated content that compresses like a real system disk
+              (diskmodel.SystemTree: /usr 55 % of the file system, packages of ELF binaries and
+              libraries, text, headers, Python modules and pyc files, documentation, icons and
+              translations, made from one seeded vocabulary of words, identifiers, lines and
+              instruction snippets; about 2 : 1 with zstd -3, where the other two compress
+              about 1.25 : 1); upgrades rewrite files with new content of the same kind.
+              Deterministic from the seed, like the other models.
+  usr-host    (not in the default list) the ext4 model with /usr made of copies of this host's
+              own /usr files (diskmodel.HostTree; the "usr" model before 2026-12-05 evening):
+              about 2.1 : 1 too, but its figures depend on the host's /usr.
 
 Variants (rows; --variants picks some; the default leaves out the /8 and /32 spacings, the
 frame per extent and the anchored marks):
@@ -740,9 +745,8 @@ def synthetic_model(wdir, size, seed, notes):
 
 
 def ext4_model(wdir, size, seed, notes, name="ext4"):
-    host_usr = name == "usr"
-    disks = diskmodel.build_ext4(os.path.join(wdir, "ext4"), size, seed, log=log,
-                                 host_usr=host_usr)
+    usr = USR_TREES.get(name)
+    disks = diskmodel.build_ext4(os.path.join(wdir, "ext4"), size, seed, log=log, usr=usr)
     notes.extend(disks.notes)
     devices = [("drive-efidisk0", EFIDISK_SIZE), ("drive-scsi0", size)]
     efi = [os.path.join(wdir, "efi-%s.raw" % x) for x in "ab"]
@@ -765,19 +769,33 @@ def ext4_model(wdir, size, seed, notes, name="ext4"):
             ("new .deb", "installed", "removed", "db pages", "log growth", "journal") if k in d2) +
         "; freed blocks still holding old data: %d (zeroed in \"ext4\", kept in \"ext4 old data\")"
         % st["freed blocks with old data"])
-    if host_usr:
-        zero.info = [line.replace("ext4: ", "usr: ", 1) for line in zero.info]
-        zero.info.append("usr: /usr is copies of this host's /usr files (so the figures depend on "
-                         "the host); upgraded files rewritten with other host files")
-    columns = [zero, old] if OPTIONS["old data"] and not host_usr else [zero]
-    return columns, random.Random("%s-archives-%d" % (name, seed))
+    if usr:
+        zero.info = [line.replace("ext4: ", name + ": ", 1) for line in zero.info]
+    if usr == "system":
+        zero.info.append("usr: a generated system tree (diskmodel.SystemTree: /usr 55 % of the "
+                         "file system, all content from one seeded vocabulary of words, "
+                         "identifiers, lines and instruction snippets; about 2 : 1 with zstd -3); "
+                         "upgraded files rewritten with new content of the same kind")
+    elif usr == "host":
+        zero.info.append("usr-host: /usr is copies of this host's /usr files (so the figures "
+                         "depend on the host); upgraded files rewritten with other host files")
+    columns = [zero, old] if OPTIONS["old data"] and not usr else [zero]
+    # usr-host keeps the archives' seed of the host-based "usr" model it was (comparable runs)
+    return columns, random.Random("%s-archives-%d" % ("usr" if usr else name, seed))
 
 
 def usr_model(wdir, size, seed, notes):
     return ext4_model(wdir, size, seed, notes, "usr")
 
 
-MODELS = {"synthetic": synthetic_model, "ext4": ext4_model, "usr": usr_model}
+def usr_host_model(wdir, size, seed, notes):
+    return ext4_model(wdir, size, seed, notes, "usr-host")
+
+
+USR_TREES = {"usr": "system", "usr-host": "host"}      # model -> diskmodel.build_ext4's usr
+MODELS = {"synthetic": synthetic_model, "ext4": ext4_model, "usr": usr_model,
+          "usr-host": usr_host_model}
+EXT4_MODELS = ("ext4", "usr", "usr-host")
 
 
 def build_model(name, wdir, size, seed, notes):
@@ -859,7 +877,8 @@ def main():
     ap.add_argument("--seed", type=int, default=int(os.environ.get("DEDUP_SEED", "1")),
                     help="seed (env DEDUP_SEED, default 1)")
     ap.add_argument("--models", default=os.environ.get("DEDUP_MODELS", "synthetic,ext4,usr"),
-                    help="comma-separated models: synthetic, ext4, usr (env DEDUP_MODELS)")
+                    help="comma-separated models: synthetic, ext4, usr, usr-host (env "
+                    "DEDUP_MODELS, default synthetic,ext4,usr)")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("DEDUP_JOBS", "2")),
                     help="measurements run at once (env DEDUP_JOBS, default 2)")
     ap.add_argument("--restic-template", default=os.environ.get("DEDUP_RESTIC_TEMPLATE"),
@@ -919,7 +938,7 @@ def main():
                 r = subprocess.run([prog, arg], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                 line = r.stdout.decode("utf-8", "replace").strip().splitlines()[:1]
                 versions.append(line[0][:60] if line else prog)
-        if ("ext4" in models or "usr" in models) and not diskmodel.ext4_missing():
+        if any(m in EXT4_MODELS for m in models) and not diskmodel.ext4_missing():
             r = subprocess.run([diskmodel._prog("mke2fs"), "-V"], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT)
             versions.append(r.stdout.decode("utf-8", "replace").strip().splitlines()[0])
@@ -948,7 +967,7 @@ def main():
         columns = []
         results = {}
         for m in models:
-            if m in ("ext4", "usr"):
+            if m in EXT4_MODELS:
                 why = diskmodel.ext4_missing()
                 if not why and size < 66 * MiB:
                     why = "disk smaller than 66 MiB"

@@ -4,7 +4,7 @@
     add_zero_runs(rng, buf, fraction) -> bytes with zero runs in about fraction of the 4 KiB blocks
     image_zero_run_stats(path) -> zero_run_stats over a whole file
     ext4_missing() -> None, or a text naming the missing programs (mke2fs, debugfs)
-    build_ext4(workdir, disk_size, seed, log) -> Ext4Disks
+    build_ext4(workdir, disk_size, seed, log, usr=None|"system"|"host") -> Ext4Disks
 
 build_ext4 makes a disk image (fake GPT, one partition at 1 MiB) holding an ext4 file system
 made without mounting (`mke2fs -t ext4 -d TREE`) from a generated tree: /usr of packages
@@ -19,10 +19,19 @@ metadata writes copied into the journal.  Two day-2 images: "zero" (freed blocks
 with discard in the guest) and "old" (freed blocks keep their old data, as debugfs `rm` and a
 guest without discard leave them).  Everything is deterministic from the seed.
 
+The tree's content (usr): None, Tree's order-0 content (random letters, byte-weighted code: about
+1.25 : 1 with zstd -3, /usr 30 % of the file system); "system", SystemTree: the same kinds of
+files made from one seeded vocabulary (Zipf-used words, identifiers, source lines, machine-code
+snippets, strings, symbol entries), so that they hold the matches of a real system (about 2 : 1,
+/usr 55 %); "host", HostTree: /usr made of copies of this host's /usr files (about 2 : 1 too,
+but it changes with the host).
+
 Stdlib only, Python 3.9+; needs mke2fs, debugfs and dumpe2fs (e2fsprogs), e2fsck optionally
 (checks the images; a failure becomes a note).
 """
 
+import array
+import itertools
 import math
 import os
 import random
@@ -31,6 +40,7 @@ import shutil
 import stat
 import struct
 import subprocess
+import sys
 import zlib
 
 BLOCK = 4096
@@ -612,6 +622,406 @@ class HostTree(Tree):
 
 
 # ---------------------------------------------------------------------------------------------
+# A generated system tree: content with the LZ structure of a real /usr (the "usr" model)
+
+
+def _zipf(n, s=1.0, q=2.7):
+    """Cumulative Zipf-Mandelbrot weights 1 / (rank + q) ** s of ranks 0..n-1 (rng.choices)."""
+    return list(itertools.accumulate(1.0 / (r + q) ** s for r in range(n)))
+
+
+class Pieces:
+    """A table of 65536 slots, each a byte string (piece) made by make(rng) when the table is
+    built; fill(rng, n) joins slots drawn with random 16-bit numbers into n bytes.  A piece that
+    make returns often fills many slots, so the output is order-0 over pieces with the matches
+    that repeated pieces give an LZ compressor, and costs no Python work per byte.  local: the
+    share of one fill's draws that go to a few blocks of 256 slots chosen for that fill (a file
+    repeats its own words), made by mapping the top values of each number's high byte onto the
+    chosen blocks."""
+
+    SLOTS = 1 << 16
+
+    def __init__(self, rng, make, local=0.0, blocks=2):
+        self.table = [make(rng) for _ in range(self.SLOTS)]
+        self.mean = sum(map(len, self.table)) / self.SLOTS
+        self.local = int(256 * local)
+        self.blocks = blocks
+
+    def fill(self, rng, n):
+        hi = None
+        if self.local:
+            chosen = [rng.randrange(256) for _ in range(self.blocks)]
+            hi = bytes(range(256 - self.local)) + bytes(chosen[v % self.blocks]
+                                                        for v in range(self.local))
+        out = []
+        got = 0
+        while got < n:
+            raw = bytearray(rng.randbytes(2 * (int((n - got) / self.mean * 1.02) + 4)))
+            if hi:
+                raw[1::2] = raw[1::2].translate(hi)           # little-endian: odd bytes high
+            idx = array.array("H", raw)
+            if sys.byteorder != "little":
+                idx.byteswap()
+            part = b"".join(map(self.table.__getitem__, idx))
+            out.append(part)
+            got += len(part)
+        return b"".join(out)[:n]
+
+
+_ONSET = ("", "", "b", "c", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w",
+          "z", "st", "tr", "pr", "ch", "sh", "th", "bl", "gr", "sp", "cl", "qu")
+_VOWEL = ("a", "e", "i", "o", "u", "a", "e", "i", "o", "ea", "io", "ou", "y", "ai", "ee")
+_CODA = ("", "", "", "n", "r", "s", "t", "l", "m", "x", "nd", "ng", "st", "ck", "rt", "ll")
+_KEYWORDS = ("def", "return", "if", "else", "self", "import", "from", "for", "in", "not", "None",
+             "True", "False", "and", "or", "class", "try", "except", "raise", "with", "as",
+             "while", "lambda", "yield", "pass", "int", "char", "const", "void", "struct",
+             "static", "unsigned", "case", "break", "size_t", "#include", "#define", "typedef")
+_PUNCT = ("(", ")", ", ", " = ", ".", ":", "[", "]", " + ", " == ", "\"", "'", "): ", "()",
+          "):", " {", "}", ";", " != ", " - ", "->", "_", " < ", " * ", "/", "=\"", "\">", "</",
+          "<", ">", " && ", " || ", "{", "%s", "%d")
+_SEPS = ((" ", 72), (", ", 5), (". ", 5), ("\n", 10), (".\n", 2), (".\n\n", 1), (": ", 1),
+         (" (", 1), (") ", 1), ("-", 1), ("; ", 1))
+_LINES = ("%s = %s(%s)", "return %s.%s", "if %s is None:", "self.%s = %s", "%s(%s, %s);",
+          "for %s in %s:", "#include <%s/%s.h>", "<%s name=\"%s\">%s</%s>", "%s->%s = %s;",
+          "} else if (%s) {")
+_PYC_OPS = (0x7c, 0x64, 0x74, 0x6a, 0xab, 0xa6, 0x7d, 0x53, 0x01, 0x97, 0x6b, 0x72, 0x6e, 0x5a,
+            0x7a)
+
+
+class SystemContent:
+    """The content of a generated system tree, from one seeded vocabulary: 6000 pseudo-words of
+    syllables (Zipf use, frequent words short), 5000 identifiers and 3000 phrases made of them,
+    2000 source lines, 1500 machine-code snippets (Zipf use); Pieces tables of prose, source
+    text, code, NUL-terminated strings, symbol/relocation entries and pyc pieces over them.  With
+    zstd -3, a tree's files of one kind one after another compress: text 4.0 : 1, source 4.1,
+    ELF 2.7, pyc 2.9 (a copy of a Debian host's /usr: documentation and other text 4.1,
+    binaries 2.5, libraries 2.9, Python 5.7, pyc 3.0); files alone compress less (small ones
+    have no history)."""
+
+    def __init__(self, rng):
+        syl = sorted({rng.choice(_ONSET) + rng.choice(_VOWEL) + rng.choice(_CODA)
+                      for _ in range(900)})
+        rng.shuffle(syl)
+        scum = _zipf(len(syl), 0.8, 5)
+        words = set()
+        while len(words) < 6000:
+            k = rng.choices((1, 2, 3, 4), (30, 40, 22, 8))[0]
+            words.add("".join(rng.choices(syl, cum_weights=scum, k=k)))
+        words = sorted(words)
+        rng.shuffle(words)
+        noise = [rng.random() * 5 for _ in words]
+        words = [w for _, w in sorted(zip([len(w) + x for w, x in zip(words, noise)], words))]
+        wcum = _zipf(len(words), 1.1)
+        self.word = lambda r: r.choices(words, cum_weights=wcum)[0]
+        idents = set()
+        while len(idents) < 5000:
+            parts = [self.word(rng) for _ in range(rng.choices((1, 2, 3), (25, 50, 25))[0])]
+            style = rng.random()
+            if style < 0.6:
+                idents.add("_".join(parts))
+            elif style < 0.85:
+                idents.add(parts[0] + "".join(p.capitalize() for p in parts[1:]))
+            else:
+                idents.add("".join(parts))
+        idents = sorted(idents)
+        rng.shuffle(idents)
+        icum = _zipf(len(idents))
+        self.ident = lambda r: r.choices(idents, cum_weights=icum)[0]
+        phrases = [" ".join(self.word(rng) for _ in range(rng.randint(2, 5)))
+                   for _ in range(3000)]
+        pcum = _zipf(len(phrases))
+        self.phrase = lambda r: r.choices(phrases, cum_weights=pcum)[0]
+        lines = []
+        for _ in range(2000):
+            body = rng.choice(_LINES)
+            body %= tuple(self.ident(rng) for _ in range(body.count("%s")))
+            lines.append(b"\n" + b"    " * min(4, int(rng.expovariate(0.6))) + body.encode())
+        lcum = _zipf(len(lines))
+        self.line = lambda r: r.choices(lines, cum_weights=lcum)[0]
+        self.prose = Pieces(rng, self._prose_piece, 0.4)
+        self.source_text = Pieces(rng, self._source_piece, 0.4)
+        self.strs = Pieces(rng, self._str_piece)
+        snippets = [self._snippet(rng) for _ in range(1500)]
+        ccum = _zipf(len(snippets), 1.2, 3)
+        self.code = Pieces(rng, lambda r: r.choices(snippets, cum_weights=ccum)[0](r), 0.6)
+        self.syms = Pieces(rng, self._sym_piece)
+        self.pyc_body = Pieces(rng, self._pyc_piece)
+        # license texts, quoted whole by about half the copyright files
+        self.licenses = [self.prose.fill(rng, rng.randint(1500, 18000)) for _ in range(6)]
+
+    # -- pieces (one per slot of a table)
+
+    def _prose_piece(self, rng):
+        w = self.phrase(rng) if rng.random() < 0.35 else self.word(rng)
+        if rng.random() < 0.08:
+            w = w.capitalize()
+        return (w + rng.choices([s for s, _ in _SEPS], [c for _, c in _SEPS])[0]).encode()
+
+    def _source_piece(self, rng):
+        k = rng.choices(range(8), (30, 12, 22, 12, 4, 4, 12, 3))[0]
+        if k == 0:
+            return self.ident(rng).encode()
+        if k == 1:
+            return rng.choice(_KEYWORDS).encode() + b" "
+        if k == 2:
+            return rng.choice(_PUNCT).encode()
+        if k == 3:
+            return b"\n" + b"    " * min(5, int(rng.expovariate(0.7)))
+        if k == 4:
+            return str(int(rng.expovariate(0.05))).encode()
+        if k == 5:
+            return ("\"%s\"" % self.word(rng)).encode()
+        if k == 6:
+            return self.line(rng)
+        return ("%s.%s(" % (self.ident(rng), self.ident(rng))).encode()
+
+    def _str_piece(self, rng):
+        k = rng.random()
+        if k < 0.5:
+            return self.ident(rng).encode() + b"\0"
+        if k < 0.8:
+            tail = rng.choice(("", "", ": %s", " %d", "\n", ": %s\n"))
+            return (self.phrase(rng).capitalize() + tail).encode() + b"\0"
+        fmt = rng.choice(("%s", "%d", "%u", "0x%x", "%zu", "%lu"))
+        return ("%s %s" % (self.word(rng), fmt)).encode() + b"\0"
+
+    @staticmethod
+    def _snippet(rng):
+        """One to three x86-64-like instructions (at most 14 bytes): a function of the slot's
+        rng giving them with the variable bytes (call targets, branch offsets, displacements,
+        immediates) drawn anew for each slot."""
+        fixed = b""
+        var = []                          # (offset, random bytes, width) of variable fields
+        for _ in range(rng.choices((1, 2, 3), (50, 35, 15))[0]):
+            k = rng.random()
+            rex = rng.choices((b"", b"\x48", b"\x49", b"\x4c", b"\x41", b"\x66"),
+                              (40, 35, 7, 7, 8, 3))[0]
+            if k < 0.12:                                  # call/jmp rel32
+                fixed += rng.choice((b"\xe8", b"\xe8", b"\xe9"))
+                var.append((len(fixed), 4, 4))
+                fixed += bytes(4)
+            elif k < 0.24:                                # jcc rel8 / rel32
+                if rng.random() < 0.7:
+                    fixed += bytes([rng.choice((0x74, 0x75, 0xeb, 0x7e, 0x7f, 0x76))])
+                    var.append((len(fixed), 1, 1))
+                    fixed += b"\0"
+                else:
+                    fixed += b"\x0f" + bytes([rng.choice((0x84, 0x85, 0x8e, 0x8f))])
+                    var.append((len(fixed), 2, 4))
+                    fixed += bytes(4)
+            elif k < 0.32:                                # push/pop/ret/nop
+                fixed += (b"\x41" if rng.random() < 0.2 else b"") + bytes([rng.choice(
+                    (0x50, 0x53, 0x55, 0x5b, 0x5d, 0x54, 0xc3, 0x90, 0x5c, 0x5e))])
+            elif k < 0.40:                                # rip-relative lea/mov: disp32
+                fixed += b"\x48" + bytes([rng.choice((0x8d, 0x8b)),
+                                          rng.choice((0x05, 0x0d, 0x15, 0x35, 0x3d))])
+                var.append((len(fixed), 3, 4))
+                fixed += bytes(4)
+            else:                                         # mov/add/cmp/test... r/m with modrm
+                op = rng.choice((0x89, 0x8b, 0x8b, 0x89, 0x8d, 0x83, 0x85, 0x39, 0x31, 0x01,
+                                 0x29, 0xc7, 0x3b, 0x63, 0x0f))
+                modrm = rng.choice((0xc0, 0xc7, 0xd8, 0xe5, 0xf8, 0xde, 0x45, 0x44, 0x47, 0x43,
+                                    0x7d, 0x75, 0x85, 0x87))
+                if op == 0x0f:
+                    fixed += rex + bytes([op, rng.choice((0xb6, 0xb7, 0x1f, 0xaf, 0x94)), modrm])
+                else:
+                    fixed += rex + bytes([op, modrm])
+                if modrm == 0x44:
+                    fixed += b"\x24"                      # SIB: [rsp + disp8]
+                if modrm >> 6 == 1:
+                    fixed += bytes([rng.choice((0x08, 0x10, 0x18, 0x20, 0x28, 0x30, 0x38, 0xf8,
+                                                0xf0, 0xe8, 0x40, 0x48))])
+                elif modrm >> 6 == 2:
+                    var.append((len(fixed), 2, 4))
+                    fixed += bytes(4)
+                if op == 0x83:
+                    fixed += bytes([rng.choice((0x01, 0x08, 0x10, 0xff, 0x00, 0x20))])
+                elif op == 0xc7:
+                    var.append((len(fixed), 1, 4))
+                    fixed += bytes(4)
+        fixed = fixed[:14]
+        var = [v for v in var if v[0] + v[2] <= len(fixed)]
+        if not var:
+            return lambda r: fixed
+
+        def make(r):
+            b = bytearray(fixed)
+            for o, w, width in var:               # near targets: high bytes 00 or ff
+                high = b"\xff" if r.random() < 0.4 else b"\0"
+                b[o:o + width] = r.randbytes(w) + high * (width - w)
+            return bytes(b)
+        return make
+
+    @staticmethod
+    def _sym_piece(rng):
+        """An Elf64_Sym or Elf64_Rela entry (24 bytes)."""
+        if rng.random() < 0.6:
+            value = 0 if rng.random() < 0.35 else rng.randrange(0x1000, 0x400000) & ~0xf
+            return struct.pack("<IBBHQQ", rng.randrange(1, 1 << 16),
+                               rng.choice((0x12, 0x12, 0x11, 0x22, 0x10, 0x20)), 0,
+                               rng.choice((0x0d, 0x0f, 0x10, 0x17, 0x18)) if value else 0, value,
+                               int(rng.expovariate(1 / 200)) if value
+                               else rng.choice((0, 8, 16, 24, 32, 48)))
+        addend = rng.randrange(0x1000, 0x400000) if rng.random() < 0.25 else 0
+        return struct.pack("<QQq", rng.randrange(0x3000, 0x400000) & ~7,
+                           (rng.randrange(0, 600) << 32) | rng.choice((6, 7, 8, 1)), addend)
+
+    def _pyc_piece(self, rng):
+        k = rng.random()
+        if k < 0.45:                                      # bytecode: (op, arg) pairs, caches
+            out = bytearray()
+            for _ in range(rng.randint(1, 5)):
+                op = rng.choice(_PYC_OPS)
+                out += bytes([op, min(255, int(rng.expovariate(0.15)))])
+                if op in (0x74, 0x6a, 0xab, 0xa6, 0x6b):
+                    out += bytes(2 * rng.choice((1, 2, 4, 4, 5)))
+            return bytes(out)
+        if k < 0.75:                                      # interned names
+            w = self.ident(rng).encode()[:255]
+            return b"\xda" + bytes([len(w)]) + w
+        if k < 0.88:                                      # references
+            return b"r" + struct.pack("<I", int(rng.expovariate(0.02)))
+        if k < 0.95:                                      # small ints, tuples, constants
+            return (rng.choice((b"\xe9", b")", b"\xa9", b"N", b"F", b"T")) +
+                    bytes([int(rng.expovariate(0.2)) & 255]) + bytes(3))
+        w = self.word(rng).encode()
+        return b"\xfa" + bytes([len(w)]) + w
+
+    # -- file content
+
+    def text(self, rng, n):
+        return self.prose.fill(rng, n)
+
+    def source(self, rng, n):
+        return self.source_text.fill(rng, n)
+
+    def copyright(self, rng, n):
+        """A copyright file: a header, and about half the time one of the license texts."""
+        head = self.prose.fill(rng, min(n, rng.randint(200, 1500)))
+        return head + rng.choice(self.licenses) if rng.random() < 0.5 else head
+
+    def elf(self, rng, n):
+        """An ELF-like binary of about n bytes: ELF header, dynamic symbols and relocations,
+        .dynstr; then, each loadable segment starting on a 4 KiB boundary (zero padding
+        between, like -z separate-code), .text, .rodata, .eh_frame-like entries, .data
+        (pointers; sometimes a zero-initialised array); .symtab, .strtab, section headers."""
+        n = max(n, 2048)
+        head = rng.randint(1024, max(1024, min(n // 10, 96 << 10)))
+        out = [b"\x7fELF\x02\x01\x01\0" + bytes(8) + struct.pack("<HHI", 3, 0x3e, 1),
+               self.syms.fill(rng, head * 2 // 3 // 24 * 24), self.strs.fill(rng, head // 3)]
+        size = sum(map(len, out))
+        for share, fn in ((0.50, self.code.fill), (0.20, self.strs.fill), (0.08, self.syms.fill),
+                          (0.05, words64)):
+            out.append(bytes(_pad(size)))
+            size += _pad(size)
+            part = fn(rng, max(256, int(n * share)))
+            if fn is words64 and rng.random() < 0.3:
+                part += bytes(rng.randint(256, 4096)) + fn(rng, 256)
+            out.append(part)
+            size += len(part)
+        out.append(self.syms.fill(rng, max(64, n // 40) // 24 * 24))
+        out.append(self.strs.fill(rng, max(64, n // 60)))
+        out.append(words64(rng, 64 * rng.randint(20, 40)))
+        return b"".join(out)
+
+    def pyc(self, rng, n):
+        """A pyc-like file: header, then marshal-like code (bytecode, interned names,
+        references, small constants) with docstrings."""
+        out = [b"\xa7\x0d\x0d\x0a" + bytes(4) + rng.randbytes(4) + struct.pack("<I", n)]
+        size = 16
+        while size < n:
+            k = min(n - size, rng.randint(200, 3000))
+            out.append(self.pyc_body.fill(rng, k))
+            size += k
+            if rng.random() < 0.3:
+                doc = self.prose.fill(rng, rng.randint(30, 600))
+                out.append(b"\xf5" + struct.pack("<I", len(doc)) + doc)
+                size += len(doc) + 5
+        return b"".join(out)[:max(n, 16)]
+
+
+class SystemTree(Tree):
+    """A Tree whose content (/usr, and /etc and /home files) is generated from one seeded
+    SystemContent: text, source, ELF binaries and pyc files with the repeated words, lines,
+    instruction sequences and strings of a real system, so that the disk compresses like a real
+    system disk (about 2 : 1 with zstd -3, like a copy of a host's /usr), where Tree's order-0
+    content compresses about 1.25 : 1.  /usr holds packages of programs, libraries with headers,
+    data (text, icons, translations), Python modules with their pyc files and documentation.
+    Deterministic from the seed alone (day 2's upgrades: new content of the same kind)."""
+
+    USR_SHARE = 0.55
+
+    def __init__(self, root, rng, fs_size):
+        Tree.__init__(self, root, rng, fs_size)
+        self.content = SystemContent(random.Random("system-%x" % rng.getrandbits(64)))
+        c = self.content
+        self.make = {"bin": c.elf, "lib": c.elf, "doc": c.text, "man": blob, "gz": blob,
+                     "data": c.source, "blob": blob, "py": c.source, "pyc": c.pyc,
+                     "conf": c.source, "deb": blob}
+
+    def gen(self, kind, cap, rng=None):
+        rng = rng or self.rng
+        return self.make[kind](rng, _size(rng, kind, cap))
+
+    def regen(self, kind, rng, n):
+        return self.make[kind](rng, n)
+
+    def build_usr(self, budget):
+        """Tree's /usr, drawn from an rng of its own: the rest of the tree (/etc, the database,
+        logs, the apt cache, /home) does not change when the /usr content does."""
+        main = self.rng
+        self.rng = random.Random("system-usr-%x" % main.getrandbits(64))
+        try:
+            Tree.build_usr(self, budget)
+        finally:
+            self.rng = main
+
+    def new_package(self, i, cap, rng=None):
+        """[(path, kind, content)] of a new package."""
+        rng = rng or self.rng
+        name = _name(rng, i)
+        profile = rng.choices(("prog", "lib", "data", "python", "doc"), (30, 25, 18, 12, 18))[0]
+        out = []
+
+        def add(path, kind):
+            out.append((path, kind, self.gen(kind, cap, rng)))
+        doc = "/usr/share/doc/%s/" % name
+        out.append((doc + "copyright", "doc", self.content.copyright(rng, _size(rng, "doc", cap))))
+        add(doc + "changelog.Debian.gz", "gz")
+        if rng.random() < 0.5:
+            add(doc + "README", "doc")
+        if profile == "prog":
+            for k in range(rng.randint(1, 3)):
+                add("/usr/bin/%s%s" % (name, "-%d" % k if k else ""), "bin")
+                add("/usr/share/man/man1/%s%s.1.gz" % (name, "-%d" % k if k else ""), "man")
+            for k in range(rng.randint(0, 10)):
+                add("/usr/share/%s/%s.%s" % (name, _name(rng, k), rng.choice(("txt", "xml", "ui"))),
+                    "data")
+        elif profile == "lib":
+            for k in range(rng.randint(1, 2)):
+                add("/usr/lib/x86_64-linux-gnu/lib%s.so.%d.0.%d" % (name, k + 1, rng.randint(0, 9)),
+                    "lib")
+            for k in range(rng.randint(0, 12)):
+                add("/usr/include/%s/%s.h" % (name, _name(rng, k)), "data")
+        elif profile == "data":
+            for k in range(rng.randint(5, 60)):
+                kind = rng.choices(("data", "blob", "gz"), (9, 1, 1))[0]
+                where, ext = {"data": ("data", "xml"), "blob": ("icons", "png"),
+                              "gz": ("locale", "mo")}[kind]
+                add("/usr/share/%s/%s/%s.%s" % (name, where, _name(rng, k), ext), kind)
+        elif profile == "python":
+            d = "/usr/lib/python3/dist-packages/%s/" % name
+            for k in range(rng.randint(3, 40)):
+                mod = _name(rng, k)
+                add(d + mod + ".py", "py")
+                add(d + "__pycache__/%s.cpython-311.pyc" % mod, "pyc")
+        else:
+            for k in range(rng.randint(5, 60)):
+                add(doc + "html/%s.html" % _name(rng, k), "doc")
+        return name, out
+
+
+# ---------------------------------------------------------------------------------------------
 # Disk image
 
 
@@ -679,10 +1089,15 @@ def _read(disk, block, n=1):
         return f.read(n * BLOCK)
 
 
-def build_ext4(workdir, disk_size, seed, log=lambda *a: None, fraction=0.01, host_usr=False):
+TREES = {None: Tree, "system": SystemTree, "host": HostTree}
+
+
+def build_ext4(workdir, disk_size, seed, log=lambda *a: None, fraction=0.01, usr=None):
     """Build day 1 and the two day-2 disks in workdir (see the module docstring).  fraction:
-    day-2 writes, roughly, as a share of the file system's blocks; host_usr: /usr made of copies
-    of this host's /usr (HostTree) instead of generated packages."""
+    day-2 writes, roughly, as a share of the file system's blocks; usr: the tree's content,
+    None (Tree: packages of order-0 content, /usr 30 % of the file system), "system"
+    (SystemTree: generated content that compresses like a real system disk, /usr 55 %) or "host"
+    (HostTree: /usr made of copies of this host's /usr files, 55 %)."""
     rng = random.Random("ext4-%d" % seed)
     os.makedirs(workdir, exist_ok=True)
     fs_size = (disk_size - 2 * PART_OFFSET) // BLOCK * BLOCK
@@ -695,7 +1110,7 @@ def build_ext4(workdir, disk_size, seed, log=lambda *a: None, fraction=0.01, hos
     # ---- day 1: tree, mke2fs, journal
     root = os.path.join(workdir, "tree")
     shutil.rmtree(root, ignore_errors=True)
-    tree = (HostTree if host_usr else Tree)(root, rng, fs_size)
+    tree = TREES[usr](root, rng, fs_size)
     tree.build()
     stats["files"] = len(tree.files)
     stats["packages"] = len(tree.packages)
