@@ -2,7 +2,9 @@
 
 - the read-back before optimize in place and the hook replace a backup reads the new file with
   O_DIRECT where the file system allows it (vma-tool's Source(direct=True), DirectFile: from the
-  device, not the page cache, and leaving nothing in it), and as before where it does not;
+  device, not the page cache, and leaving nothing in it), and as before where it does not; the
+  digest workers hash each extent that lies whole in one of its chunks where it was read
+  (DirectFile.take, MemoryRange jobs), and a chunk is read into again only once they are done;
 - verify of a plain archive file lets the digest workers read each extent's data from the file
   themselves (FileRange jobs), and a worker that cannot read it fails the run with that reason;
 - a .vma.zst file read once (optimize, in place, verify, unpack) has its pages dropped from the
@@ -161,6 +163,85 @@ class ReadBack(Scratch):
             stream.close()
             os.close(fd)
             T.DIRECT_CHUNK, T.pread_into = saved_chunk, saved_pread
+
+    def chunked_file(self, name, chunks, tail=0):
+        """A file of whole 8192-byte chunks (each byte says its chunk and place) plus tail
+        bytes, opened as a DirectFile of 8 KiB chunks (DIRECT_CHUNK restored by cleanup)."""
+        saved = T.DIRECT_CHUNK
+        T.DIRECT_CHUNK = 8192
+        self.addCleanup(setattr, T, "DIRECT_CHUNK", saved)
+        data = bytes((chunk * 37 + at * 11) % 251 for chunk in range(chunks + 1) for at in range(8192))
+        data = data[:chunks * 8192 + tail]
+        path = self.put(name, data)
+        self.direct_or_skip(path)
+        fd = T.open_direct(path)
+        stream = T.DirectFile(fd)
+        self.addCleanup(os.close, fd)
+        self.addCleanup(stream.close)
+        return data, stream
+
+    def test_take_hands_out_data_where_it_lies_and_readinto_the_rest(self):
+        """take(n) gives a MemoryRange of the next n bytes when they lie in one chunk, None
+        (taking nothing) when they would run past its end; mixed with readinto, every byte
+        comes once, in order."""
+        data, stream = self.chunked_file("f", 5, tail=3000)
+        rng = random.Random(SEED)
+        got = bytearray()
+        ranges = copies = 0
+        while True:
+            count = rng.choice((1, 512, 3000, 4096, 8192))
+            taken = stream.take(count)
+            if taken is not None:
+                self.assertIsInstance(taken, T.MemoryRange)
+                self.assertEqual(len(taken), count)
+                self.assertEqual(taken.offset % 8192 + count <= 8192, True)
+                got += taken.view()
+                ranges += 1
+                continue
+            view = memoryview(bytearray(count))
+            got_now = stream.readinto(view)
+            if not got_now:
+                break
+            got += view[:got_now]
+            copies += 1
+            self.assertEqual(stream.position, len(got))
+        self.assertEqual(bytes(got), data)
+        self.assertGreater(ranges, 0)
+        self.assertGreater(copies, 0)
+        self.assertIsNone(stream.take(1))
+
+    def test_a_held_chunk_is_not_read_into_before_its_waiter_returns(self):
+        """With hold set, a chunk that ranges were taken from is given back to the thread
+        reading ahead only once the waiter made when it was left returns: until then its
+        bytes stay what the ranges said.  (Each waiter sleeps first, so that a chunk given
+        back too early would have been read into.)"""
+        data, stream = self.chunked_file("f", 9)
+        taken = []
+        made = []                       # per waiter made, the ranges it covers
+        waited = []                     # ... and per waiter called
+
+        def hold():                     # the ranges of the chunk being left
+            ranges = taken[sum(made):]
+            made.append(len(ranges))
+
+            def wait():
+                threading.Event().wait(0.05)
+                for start, held in ranges:
+                    self.assertEqual(bytes(held.view()), data[start:start + len(held)],
+                                     "a held chunk was read into before its waiter returned")
+                waited.append(len(ranges))
+            return wait
+        stream.hold = hold
+        at = 0
+        while True:
+            held = stream.take(4096)
+            if held is None:
+                break
+            taken.append((at, held))
+            at += 4096
+        self.assertEqual(at, len(data))
+        self.assertEqual(made, [2] * 9, "a waiter for each chunk left, covering its ranges")
+        self.assertEqual(waited, [2] * 8, "each called when the next chunk was left (not the last's)")
 
     def test_in_place_read_back_end_to_end(self):
         """The whole in-place run with its read-back, workers on (the default), plain and .zst."""
@@ -456,6 +537,54 @@ class DirectWriter(support.ScratchCase):
         self.assertTrue(all(isinstance(w, T.DirectWriter) for w in made), made)
         want = bytes(vf.canonical_archive(vm()))
         self.assertTrue(self.read(self.tmp_path("o.vma"))[:100] == want[:100])
+
+
+class WorkersHashInPlace(Scratch):
+    """The read-back with digest workers: data that lies whole in one of the DirectFile's
+    chunks is hashed by the workers where it was read (MemoryRange jobs), the rest copied to
+    their slots; chunks of 1 MiB here (4 MiB in use), so that both kinds occur."""
+
+    def setUp(self):
+        super().setUp()
+        os.environ["VMA_TOOL_DIGEST_WORKERS"] = "2"
+        for name, value in (("DIRECT_CHUNK", 1 << 20), ("DIGEST_INLINE_BYTES", 0)):
+            self.addCleanup(setattr, T, name, getattr(T, name))
+            setattr(T, name, value)
+        self.kinds = []
+        submit = T.DigestWorkers.submit
+        self.addCleanup(setattr, T.DigestWorkers, "submit", submit)
+
+        def counting(workers, entries, data):
+            self.kinds.append(type(data).__name__)
+            return submit(workers, entries, data)
+        T.DigestWorkers.submit = counting
+
+    def test_both_kinds_of_job_give_the_digests(self):
+        path = self.optimized("o.vma")
+        self.direct_or_skip(path)
+        self.assertEqual(T.archive_digests(path, True, "test", direct=True)[1].text(),
+                         vf.digests_blob(vm()).decode())
+        self.assertIn("MemoryRange", self.kinds)
+        self.assertIn("memoryview", self.kinds)
+
+    def test_a_damaged_byte_in_data_hashed_in_place_is_seen(self):
+        path = self.optimized("o.vma")
+        self.direct_or_skip(path)
+        with T.Source(path) as source:
+            archive = T.Archive(source, "test", True)
+            header = archive.header
+            at = next(offset for offset, extent, data in archive.reader.extents() if extent.block_count)
+        want = vf.digests_blob(vm()).decode()
+        with open(path, "r+b") as f:
+            f.seek(at + T.EXTENT_HEADER_SIZE + 1000)          # in the first extent's data
+            byte = f.read(1)
+            f.seek(-1, 1)
+            f.write(bytes([byte[0] ^ 0x10]))
+        got = T.archive_digests(path, True, "test", direct=True)[1]
+        self.assertEqual(self.kinds[0], "MemoryRange", "the damaged extent is hashed in place")
+        problems = got.problems(T.parse_digests(want.encode(), header))
+        self.assertEqual(len(problems), 1, problems)
+        self.assertIn("data does not match its digest", problems[0])
 
 
 class WorkersReadTheFile(support.ScratchCase):
