@@ -168,15 +168,11 @@ def _pad(n):
     return (-n) % BLOCK
 
 
-def elf(rng, n):
-    """An ELF-like binary of about n bytes: headers/dynsym, .text, .rodata, .data, symbols, each
-    loadable segment starting on a 4 KiB boundary (zero padding between, like -z separate-code);
-    sometimes a zero-initialised array in .data."""
-    n = max(n, 2048)
-    head = rng.randint(1024, max(1024, min(n // 12, 64 << 10)))
-    out = [b"\x7fELF\x02\x01\x01\0" + bytes(8), words64(rng, head - 16)]
-    size = head
-    for share, fn in ((0.55, code), (0.22, strings), (0.08, words64)):
+def _elf_sections(rng, n, out, size, sections):
+    """Append sections to an ELF file's pieces out (size bytes so far): for each (share of n,
+    generator), zero padding to the next 4 KiB boundary, then the section, sometimes with a
+    zero-initialised array inside when it is made of words64."""
+    for share, fn in sections:
         out.append(bytes(_pad(size)))
         size += _pad(size)
         part = fn(rng, max(256, int(n * share)))
@@ -184,6 +180,16 @@ def elf(rng, n):
             part += bytes(rng.randint(256, 4096)) + fn(rng, 256)
         out.append(part)
         size += len(part)
+
+
+def elf(rng, n):
+    """An ELF-like binary of about n bytes: headers/dynsym, .text, .rodata, .data, symbols, each
+    loadable segment starting on a 4 KiB boundary (zero padding between, like -z separate-code);
+    sometimes a zero-initialised array in .data."""
+    n = max(n, 2048)
+    head = rng.randint(1024, max(1024, min(n // 12, 64 << 10)))
+    out = [b"\x7fELF\x02\x01\x01\0" + bytes(8), words64(rng, head - 16)]
+    _elf_sections(rng, n, out, head, ((0.55, code), (0.22, strings), (0.08, words64)))
     out.append(strings(rng, max(64, n // 40)))          # .symtab/.strtab, section headers
     out.append(words64(rng, 64 * rng.randint(20, 40)))
     return b"".join(out)
@@ -387,6 +393,37 @@ class File:
         self.path, self.kind, self.size, self.pkg = path, kind, size, pkg
 
 
+# The files of a generated package that Tree and SystemTree make alike (add(path, kind) makes a
+# file's content; the draws from rng, and so the model's bytes, are the same as before they
+# were shared).
+
+def _doc_files(add, rng, doc):
+    add(doc + "changelog.Debian.gz", "gz")
+    if rng.random() < 0.5:
+        add(doc + "README", "doc")
+
+
+def _program_files(add, rng, name):
+    for k in range(rng.randint(1, 3)):
+        add("/usr/bin/%s%s" % (name, "-%d" % k if k else ""), "bin")
+        add("/usr/share/man/man1/%s%s.1.gz" % (name, "-%d" % k if k else ""), "man")
+    for k in range(rng.randint(0, 10)):
+        add("/usr/share/%s/%s.%s" % (name, _name(rng, k), rng.choice(("txt", "xml", "ui"))), "data")
+
+
+def _library_files(add, rng, name):
+    for k in range(rng.randint(1, 2)):
+        add("/usr/lib/x86_64-linux-gnu/lib%s.so.%d.0.%d" % (name, k + 1, rng.randint(0, 9)), "lib")
+
+
+def _python_files(add, rng, name):
+    directory = "/usr/lib/python3/dist-packages/%s/" % name
+    for k in range(rng.randint(3, 40)):
+        module = _name(rng, k)
+        add(directory + module + ".py", "py")
+        add(directory + "__pycache__/%s.cpython-311.pyc" % module, "pyc")
+
+
 class Tree:
     """Generates and writes the day-1 tree under root; remembers every file and package."""
 
@@ -431,20 +468,11 @@ class Tree:
             out.append((path, kind, self.gen(kind, cap, rng)))
         doc = "/usr/share/doc/%s/" % name
         add(doc + "copyright", "doc")
-        add(doc + "changelog.Debian.gz", "gz")
-        if rng.random() < 0.5:
-            add(doc + "README", "doc")
+        _doc_files(add, rng, doc)
         if profile == "prog":
-            for k in range(rng.randint(1, 3)):
-                add("/usr/bin/%s%s" % (name, "-%d" % k if k else ""), "bin")
-                add("/usr/share/man/man1/%s%s.1.gz" % (name, "-%d" % k if k else ""), "man")
-            for k in range(rng.randint(0, 10)):
-                add("/usr/share/%s/%s.%s" % (name, _name(rng, k), rng.choice(("txt", "xml", "ui"))),
-                    "data")
+            _program_files(add, rng, name)
         elif profile == "lib":
-            for k in range(rng.randint(1, 2)):
-                add("/usr/lib/x86_64-linux-gnu/lib%s.so.%d.0.%d" % (name, k + 1, rng.randint(0, 9)),
-                    "lib")
+            _library_files(add, rng, name)
         elif profile == "data":
             for k in range(rng.randint(5, 60)):
                 kind = rng.choice(("data", "blob", "blob"))
@@ -452,11 +480,7 @@ class Tree:
                                                 _name(rng, k), "png" if kind == "blob" else "xml"),
                     kind)
         else:
-            d = "/usr/lib/python3/dist-packages/%s/" % name
-            for k in range(rng.randint(3, 40)):
-                mod = _name(rng, k)
-                add(d + mod + ".py", "py")
-                add(d + "__pycache__/%s.cpython-311.pyc" % mod, "pyc")
+            _python_files(add, rng, name)
         return name, out
 
     def regen(self, kind, rng, n):
@@ -909,16 +933,8 @@ class SystemContent:
         head = rng.randint(1024, max(1024, min(n // 10, 96 << 10)))
         out = [b"\x7fELF\x02\x01\x01\0" + bytes(8) + struct.pack("<HHI", 3, 0x3e, 1),
                self.syms.fill(rng, head * 2 // 3 // 24 * 24), self.strs.fill(rng, head // 3)]
-        size = sum(map(len, out))
-        for share, fn in ((0.50, self.code.fill), (0.20, self.strs.fill), (0.08, self.syms.fill),
-                          (0.05, words64)):
-            out.append(bytes(_pad(size)))
-            size += _pad(size)
-            part = fn(rng, max(256, int(n * share)))
-            if fn is words64 and rng.random() < 0.3:
-                part += bytes(rng.randint(256, 4096)) + fn(rng, 256)
-            out.append(part)
-            size += len(part)
+        _elf_sections(rng, n, out, sum(map(len, out)),
+                      ((0.50, self.code.fill), (0.20, self.strs.fill), (0.08, self.syms.fill), (0.05, words64)))
         out.append(self.syms.fill(rng, max(64, n // 40) // 24 * 24))
         out.append(self.strs.fill(rng, max(64, n // 60)))
         out.append(words64(rng, 64 * rng.randint(20, 40)))
@@ -987,20 +1003,11 @@ class SystemTree(Tree):
             out.append((path, kind, self.gen(kind, cap, rng)))
         doc = "/usr/share/doc/%s/" % name
         out.append((doc + "copyright", "doc", self.content.copyright(rng, _size(rng, "doc", cap))))
-        add(doc + "changelog.Debian.gz", "gz")
-        if rng.random() < 0.5:
-            add(doc + "README", "doc")
+        _doc_files(add, rng, doc)
         if profile == "prog":
-            for k in range(rng.randint(1, 3)):
-                add("/usr/bin/%s%s" % (name, "-%d" % k if k else ""), "bin")
-                add("/usr/share/man/man1/%s%s.1.gz" % (name, "-%d" % k if k else ""), "man")
-            for k in range(rng.randint(0, 10)):
-                add("/usr/share/%s/%s.%s" % (name, _name(rng, k), rng.choice(("txt", "xml", "ui"))),
-                    "data")
+            _program_files(add, rng, name)
         elif profile == "lib":
-            for k in range(rng.randint(1, 2)):
-                add("/usr/lib/x86_64-linux-gnu/lib%s.so.%d.0.%d" % (name, k + 1, rng.randint(0, 9)),
-                    "lib")
+            _library_files(add, rng, name)
             for k in range(rng.randint(0, 12)):
                 add("/usr/include/%s/%s.h" % (name, _name(rng, k)), "data")
         elif profile == "data":
@@ -1010,11 +1017,7 @@ class SystemTree(Tree):
                               "gz": ("locale", "mo")}[kind]
                 add("/usr/share/%s/%s/%s.%s" % (name, where, _name(rng, k), ext), kind)
         elif profile == "python":
-            d = "/usr/lib/python3/dist-packages/%s/" % name
-            for k in range(rng.randint(3, 40)):
-                mod = _name(rng, k)
-                add(d + mod + ".py", "py")
-                add(d + "__pycache__/%s.cpython-311.pyc" % mod, "pyc")
+            _python_files(add, rng, name)
         else:
             for k in range(rng.randint(5, 60)):
                 add(doc + "html/%s.html" % _name(rng, k), "doc")
