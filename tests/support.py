@@ -349,6 +349,27 @@ def cached(key, fn):
     return _CACHE[key]
 
 
+RESTIC_TEST_PASSWORD = "test"
+
+
+def restic_repository(path):
+    """An empty restic repository at path (password RESTIC_TEST_PASSWORD): a copy of one made once
+    per test process, because `restic init` spends seconds calibrating its key derivation (4 s on
+    this project's 2-core test machine).  The copies share their id (so each needs a cache
+    directory of its own) and their chunker polynomial (so what they store compares)."""
+    def make():
+        template = tempfile.mkdtemp(prefix="vma-tool-restic-")
+        atexit.register(shutil.rmtree, template, True)
+        repo = os.path.join(template, "repo")
+        env = dict(os.environ, RESTIC_REPOSITORY=repo, RESTIC_PASSWORD=RESTIC_TEST_PASSWORD)
+        for name in ("RESTIC_PASSWORD_FILE", "RESTIC_PASSWORD_COMMAND"):
+            env.pop(name, None)
+        subprocess.run(["restic", "--quiet", "--no-cache", "init"], env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, check=True, timeout=120)
+        return repo
+    shutil.copytree(cached("restic-repository", make), path)
+
+
 def fixture_vm(seed):
     """vmafixture.make_vm(seed), built once per seed."""
     import vmafixture as fx

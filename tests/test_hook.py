@@ -290,7 +290,8 @@ class ResticPipelineTest(support.ScratchCase):
     archive's day 2 (3 MiB of a 192 MiB disk rewritten)."""
 
     def restic(self, repo, *args, input=None, check=True):
-        env = dict(os.environ, RESTIC_PASSWORD="test", RESTIC_REPOSITORY=repo, RESTIC_CACHE_DIR=self.path("cache"))
+        env = dict(os.environ, RESTIC_PASSWORD=support.RESTIC_TEST_PASSWORD, RESTIC_REPOSITORY=repo,
+                   RESTIC_CACHE_DIR=repo + "-cache")
         return subprocess.run(["restic", "--quiet", "--no-lock"] + list(args), input=input, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=check, timeout=300)
 
@@ -306,7 +307,7 @@ class ResticPipelineTest(support.ScratchCase):
         sizes = {}
         for kind in ("optimized", "original"):
             repo = self.path("repo-" + kind)
-            self.restic(repo, "init")
+            support.restic_repository(repo)
             grown = []
             for seed, vm in ((1, day1), (2, day2)):
                 archive = vf.write_archive(vm, None, seed=seed)

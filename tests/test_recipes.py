@@ -145,11 +145,11 @@ class ResticRecipeTest(RecipeCase):
 
     def setUp(self):
         super().setUp()
-        self.env.update(RESTIC_REPOSITORY=self.path("repo"), RESTIC_PASSWORD="test",
+        self.env.update(RESTIC_REPOSITORY=self.path("repo"), RESTIC_PASSWORD=support.RESTIC_TEST_PASSWORD,
                         RESTIC_CACHE_DIR=self.path("cache"))
         for name in ("RESTIC_PASSWORD_FILE", "RESTIC_PASSWORD_COMMAND"):
             self.env.pop(name, None)
-        self.restic("init")
+        support.restic_repository(self.path("repo"))
 
     def restic(self, *args):
         return subprocess.run(["restic", "--quiet"] + list(args), env=self.env, stdout=subprocess.PIPE,

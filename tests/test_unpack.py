@@ -669,11 +669,10 @@ class UnpackFaultTests(UnpackCase):
                 p.stdin.flush()
             except BrokenPipeError:
                 pass
-            # wait until the tool has started writing (temp files) or a little while
+            # wait until the tool has created its target (its images are unnamed until the end), or a
+            # little while
             deadline = time.time() + 5
-            while time.time() < deadline and p.poll() is None:
-                if os.path.isdir(d) and os.listdir(d):
-                    break
+            while time.time() < deadline and p.poll() is None and not os.path.isdir(d):
                 time.sleep(0.05)
             time.sleep(0.3)
             if p.poll() is not None:

@@ -153,6 +153,12 @@ class VM:
         with open(d, "rb") as f:
             return f.read()
 
+    def disk_data(self, index):
+        """The disk's bytes to read from, a copy only if it is a file: copying a 1 GiB disk in memory
+        costs seconds on a VM whose host backs its memory only when first touched."""
+        d = self.disks[index]
+        return d if isinstance(d, (bytes, bytearray, memoryview)) else self.disk_bytes(index)
+
     def contents(self):
         return (list(self.configs), {dev.name: self.disk_bytes(i) for i, dev in enumerate(self.devices)})
 
@@ -1642,7 +1648,7 @@ def digests_blob(vm):
         lines = ["vma-tool content digests 1"]
         for dev_id, i in sorted((d, i) for i, d in enumerate(vm.dev_ids)):
             dev = vm.devices[i]
-            device, region, regions = content_digest(vm.disk_bytes(i), dev.size)
+            device, region, regions = content_digest(vm.disk_data(i), dev.size)
             line = "dev_id=%d size=%d sha256=%s" % (dev_id, dev.size, device)
             if with_regions:
                 line += " regions=%d:%s" % (region, ",".join(regions))
