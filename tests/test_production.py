@@ -329,8 +329,8 @@ class PapercutTest(support.ScratchCase):
 
 class StartupTest(support.ScratchCase):
     """A run starts without what it does not use (the vzdump hook starts in every phase, the tests
-    thousands of times): shlex, shutil and subprocess cost 8 ms of the 55 that `info` of a small
-    archive takes.  argparse would import shutil for the terminal's width: vma-tool tells it."""
+    thousands of times): shlex, shutil and subprocess would add 8 ms to the 50 or so that `info`
+    of a small archive takes.  argparse would import shutil for the terminal's width: vma-tool tells it."""
 
     PROBE = ("import runpy, sys\n"
              "sys.argv = sys.argv[1:]\n"
