@@ -758,19 +758,17 @@ def ext4_model(wdir, size, seed, notes, name="ext4"):
     d2 = st["day2"]
     up = st["upgraded"]
     zero.info.append(
-        "ext4: %d files in %d packages and the rest (%s), file system %d blocks, %d free on day 2; "
+        "%s: %d files in %d packages and the rest (%s), file system %d blocks, %d free on day 2; "
         "file data blocks with an aligned 128-byte zero run: %.1f %% (%d of %d)" % (
-            st["files"], st["packages"], human(st["tree bytes"]), st["fs blocks"],
+            name, st["files"], st["packages"], human(st["tree bytes"]), st["fs blocks"],
             st["free blocks"], 100.0 * nz / max(1, n), nz, n))
     zero.info.append(
-        "ext4: day 2: %d packages upgraded (%d files, %s rewritten), " % (up[0], up[1], human(
+        "%s: day 2: %d packages upgraded (%d files, %s rewritten), " % (name, up[0], up[1], human(
             d2.get("upgraded", (0, 0))[1])) + ", ".join(
             "%s %d (%s)" % (k, d2[k][0], human(d2[k][1])) for k in
             ("new .deb", "installed", "removed", "db pages", "log growth", "journal") if k in d2) +
         "; freed blocks still holding old data: %d (zeroed in \"ext4\", kept in \"ext4 old data\")"
         % st["freed blocks with old data"])
-    if usr:
-        zero.info = [line.replace("ext4: ", name + ": ", 1) for line in zero.info]
     if usr == "system":
         zero.info.append("usr: a generated system tree (diskmodel.SystemTree: /usr 55 % of the "
                          "file system, all content from one seeded vocabulary of words, "
