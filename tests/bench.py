@@ -7,7 +7,8 @@ order "proxmox": devices in descending dev_id, clusters nearly in order, a few c
 clusters early) in a temporary directory under $TMPDIR (removed afterwards), compresses it
 with zstd, and times in one run, each figure next to the floor it is compared to:
 
-  floors: cp / cat of the archive, cp + sync, cp -r of the disk images (+ sync),
+  floors: cp / cat of the archive, cp + sync, its O_DIRECT read (dd iflag=direct: what in
+          place's read-back reads), cp -r of the disk images (+ sync),
           `zstd -dc x.vma.zst | zstd --rsyncable -o y.vma.zst`, vma-tool start-up
   optimize file -> file, in place           x cp+sync no worse than a BENCH_BASELINE run
   cat a.vma | optimize - - > b.vma          scratch on a tmpfs as large as the archive (measured)
@@ -73,6 +74,7 @@ import argparse
 import datetime
 import hashlib
 import json
+import mmap
 import os
 import platform
 import random
@@ -415,6 +417,23 @@ class Runner:
         return res
 
 
+def direct_readable(path):
+    """Can dd read path with O_DIRECT here?"""
+    if not hasattr(os, "O_DIRECT") or shutil.which("dd") is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    except OSError:
+        return False
+    try:
+        os.readv(fd, [mmap.mmap(-1, 4096)])     # page-aligned memory, as O_DIRECT wants
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def rm(path):
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
@@ -702,6 +721,12 @@ def main():
                                                  shell=True, cleanup=rmout), asize, "cp")
         add("cp archive + sync", R.measure("cp %s %s && sync %s" % (q(src), q(out), q(out)),
                                            shell=True, cleanup=rmout), asize, "cp")
+        # what the read-back of in place reads, and how: the device's O_DIRECT read of as many bytes
+        if direct_readable(src):
+            add("dd iflag=direct of the archive", R.measure(
+                ["dd", "if=" + src, "of=/dev/null", "bs=4M", "iflag=direct", "status=none"]), asize, "cp")
+        else:
+            add("dd iflag=direct of the archive", {"status": "n/a", "detail": "no O_DIRECT here"}, asize, "cp")
         add("cp -r images", R.measure(["cp", "-r", imgdir, imgcopy],
                                       cleanup=lambda: rm(imgcopy)), isize, None)
         add("cp -r images + sync", R.measure("cp -r %s %s && sync %s/*" % (
