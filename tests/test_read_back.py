@@ -567,6 +567,23 @@ class WorkersHashInPlace(Scratch):
         self.assertIn("MemoryRange", self.kinds)
         self.assertIn("memoryview", self.kinds)
 
+    def test_fence_waits_for_every_job_sent_before_it(self):
+        """fence()'s waiter returns only once the workers answered every job sent before the
+        fence was made (what lets a DirectFile read into a chunk again)."""
+        digests = T.ContentDigests([T.Device(1, "drive-scsi0", 64 * T.CLUSTER_SIZE)])
+        workers = T.DigestWorkers.start(digests)
+        self.assertIsNotNone(workers)
+        data = bytes(range(256)) * (T.CLUSTER_SIZE // 256)
+        jobs = 12                       # more than the workers' slots: submit itself waits for some
+        for cluster in range(jobs):
+            workers.submit([0xFFFF << 48 | 1 << 32 | cluster], data)
+        wait = workers.fence()
+        workers.submit([0xFFFF << 48 | 1 << 32 | jobs], data)     # after the fence: not waited for
+        wait()
+        answered = sum(workers.sent) - sum(map(len, workers.taken))
+        self.assertGreaterEqual(answered, jobs)
+        workers.finish()
+
     def test_a_damaged_byte_in_data_hashed_in_place_is_seen(self):
         path = self.optimized("o.vma")
         self.direct_or_skip(path)
